@@ -1,0 +1,150 @@
+"""The preprocessing spec: resize, centre crop, mean/std, defined once.
+
+Training, the run folder, the ONNX metadata and the torch-free runtime all use this one object.
+This module imports no torch: the runtime preprocesses with PIL and numpy from the same spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from PIL import Image
+
+# torchvision's InterpolationMode values mapped to PIL's filters (torchvision resizes PIL images
+# with exactly these filters, so the two paths agree to the pixel).
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Shorter side resized to `resize`, centre crop of `crop`, then (x/255 - mean) / std."""
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bilinear"
+
+    def __post_init__(self):
+        if self.interpolation not in _PIL_FILTERS:
+            raise ValueError(f"Unknown interpolation {self.interpolation!r}; choose from {sorted(_PIL_FILTERS)}")
+        if not 0 < self.crop <= self.resize:
+            raise ValueError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreprocessSpec":
+        return cls(
+            resize=int(d["resize"]),
+            crop=int(d["crop"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            interpolation=d.get("interpolation", "bilinear"),
+        )
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the shorter-side resize, computed as torchvision does."""
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def resize_image(self, image: Image.Image) -> Image.Image:
+        """Shorter side to `resize`; the step training caches once per image."""
+        size = self.resized_size(*image.size)
+        if size == image.size:
+            return image
+        return image.resize(size, _PIL_FILTERS[self.interpolation])
+
+    def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, right, bottom) of the centre crop, rounded as torchvision rounds it."""
+        top = int(round((height - self.crop) / 2.0))
+        left = int(round((width - self.crop) / 2.0))
+        return left, top, left + self.crop, top + self.crop
+
+    def normalize(self, hwc_uint8: np.ndarray) -> np.ndarray:
+        """uint8 HWC (or NHWC) -> float32 CHW (or NCHW), scaled and normalised."""
+        x = hwc_uint8.astype(np.float32) / np.float32(255.0)
+        x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+    def to_array(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> the model's float32 input, shape (3, crop, crop). No torch."""
+        resized = self.resize_image(image)
+        cropped = resized.crop(self.crop_box(*resized.size))
+        return self.normalize(np.asarray(cropped, dtype=np.uint8))
+
+    def torch_eval_transform(self):
+        """torchvision's own evaluation transform for this spec (the reference the runtime matches)."""
+        from torchvision import transforms as T
+
+        return T.Compose(
+            [
+                T.Resize(self.resize, interpolation=T.InterpolationMode(self.interpolation), antialias=True),
+                T.CenterCrop(self.crop),
+                T.ToTensor(),
+                T.Normalize(self.mean, self.std),
+            ]
+        )
+
+
+# Larger photos are refused before decoding: a 40-megapixel phone photo passes, a decompression
+# bomb (a small file that declares gigapixels) does not.
+MAX_PIXELS = 64_000_000
+
+
+class UnreadableImage(ValueError):
+    """A file that cannot be used as a photo; the message says why, in words."""
+
+
+def load_rgb(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open a photo as 8-bit RGB: first frame, EXIF orientation applied, transparency on white."""
+    from PIL import ImageOps, UnidentifiedImageError
+
+    try:
+        image = Image.open(source)
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImage(f"too large ({exc})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"cannot be opened ({exc})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise UnreadableImage(f"too large ({width} x {height} pixels, the limit is {max_pixels:,})")
+    if width == 0 or height == 0:
+        raise UnreadableImage("has no pixels")
+    try:
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except Image.DecompressionBombError:
+        raise UnreadableImage(f"too large ({width} x {height} pixels)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise UnreadableImage(f"truncated or corrupt ({exc})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and integer greys: scale the 0..65535 range down instead of clipping at 255.
+        grey = np.asarray(image, dtype=np.float64)
+        scale = 257.0 if grey.max(initial=0) > 255 else 1.0
+        image = Image.fromarray(np.clip(grey / scale, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")

@@ -1,0 +1,570 @@
+"""Photo intake for training: from a user's folder or .zip to labelled, validated train/val/test records.
+
+This module owns everything between "the user gave us some photos" and "the trainer has records":
+safe zip extraction, layout detection (class folders, or train/ + val|valid/ + test/), skipping of
+unusable files with a reason, the seeded stratified validation split, duplicate and leakage
+detection, and the data report (`data_report.json`). Every photo is decoded exactly once, with
+`models.preprocess.load_rgb`; an optional `prepare` callable turns the decoded image into whatever
+the trainer caches. No gradio, no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable
+
+from PIL import Image
+
+from models.atomic import write_json
+from models.preprocess import MAX_PIXELS, UnreadableImage, load_rgb
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+# Files and folders that operating systems and tools leave behind; never the user's photos.
+SYSTEM_NAMES = {"__macosx", "thumbs.db", "ehthumbs.db", "desktop.ini", "$recycle.bin", "system volume information"}
+
+TRAIN_DIRS = {"train"}
+VAL_DIRS = {"val", "valid", "validation"}
+TEST_DIRS = {"test"}
+SPLITS = ("train", "val", "test")
+
+MAX_ZIP_BYTES = 2 * 1024**3
+MAX_ZIP_FILES = 50_000
+IMBALANCE_RATIO = 3.0
+
+_CHUNK = 1024 * 1024
+
+
+class DataError(ValueError):
+    """The photos given cannot be used as a dataset; the message tells the user what to fix."""
+
+
+@dataclass
+class ImageRecord:
+    """One usable photo: where it is, its class index, its path relative to the dataset root."""
+
+    path: Path
+    label: int
+    rel: str
+    prepared: Any = None
+
+
+@dataclass
+class Dataset:
+    """The usable photos of an upload, split, with the report describing what was found and skipped."""
+
+    root: Path
+    labels: list[str]
+    train: list[ImageRecord]
+    val: list[ImageRecord]
+    test: list[ImageRecord]
+    report: dict
+
+    def summary(self) -> str:
+        """A few human-readable lines for the CLI: classes and counts, skipped files, warnings."""
+        r = self.report
+        totals = r["totals"]
+        lines = [
+            f"Data: {r['layout']} layout, {len(self.labels)} classes; validation from {r['val_source']}",
+            f"Images: {totals['train']} train, {totals['val']} val, {totals['test']} test",
+        ]
+        width = max(len(name) for name in self.labels)
+        for name in self.labels:
+            counts = " / ".join(f"{r['counts'][split][name]} {split}" for split in SPLITS)
+            lines.append(f"  {name:<{width}}  {counts}")
+        if r["skipped"]:
+            lines.append(f"Skipped {len(r['skipped'])} file(s) that could not be used (listed in data_report.json)")
+        if r["imbalance"]:
+            lines.append(f"Warning: {r['imbalance']}")
+        lines.extend(f"Warning: {w}" for w in r["warnings"])
+        return "\n".join(lines)
+
+
+def is_hidden(name: str) -> bool:
+    """Dotfiles, dot-folders and OS clutter (__MACOSX, Thumbs.db, ...): ignored without a report."""
+    return name.startswith(".") or name.lower() in SYSTEM_NAMES
+
+
+# ---------------------------------------------------------------------------------------------
+# Zip extraction
+# ---------------------------------------------------------------------------------------------
+
+
+def extract_zip(zip_path, dest, max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES) -> Path:
+    """Extract an uploaded zip into `dest` (absent or empty) and return the dataset root inside it.
+
+    The whole archive is checked before anything is written; a refused archive leaves no trace.
+    Sizes are counted while extracting too, because the declared sizes are written by the uploader.
+    """
+    zip_path, dest = Path(zip_path), Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"extract_zip needs an empty destination folder, {dest} is not one")
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError, EOFError):
+        raise DataError(f"{zip_path.name} is not a valid .zip file (it may be damaged or another format)") from None
+    with archive:
+        members = _checked_members(archive, zip_path.name, max_bytes, max_files)
+        if not members:
+            raise DataError(f"{zip_path.name} is empty: it contains no files")
+        created = not dest.exists()
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            _extract_members(archive, members, dest.resolve(), zip_path.name, max_bytes)
+        except BaseException:
+            # A half-extracted upload must not be mistaken for a dataset later.
+            _empty_folder(dest, remove=created)
+            raise
+    return find_root(dest)
+
+
+def _checked_members(
+    archive: zipfile.ZipFile, name: str, max_bytes: int, max_files: int
+) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    """Refuse unsafe archives outright; return the (entry, safe relative path) pairs worth extracting."""
+    infos = archive.infolist()
+    if len(infos) > max_files:
+        raise DataError(f"{name} holds {len(infos):,} entries; the limit is {max_files:,}")
+    declared = sum(info.file_size for info in infos)
+    if declared > max_bytes:
+        raise DataError(f"{name} would unpack to {declared:,} bytes; the limit is {max_bytes:,}")
+    members = []
+    for info in infos:
+        # Some Windows tools write backslashes; treat them as separators so they cannot hide a `..`.
+        entry = info.filename.replace("\\", "/")
+        parts = [p for p in entry.split("/") if p not in ("", ".")]
+        if entry.startswith("/") or re.match(r"^[A-Za-z]:", entry) or ".." in parts:
+            raise DataError(f"{name} is unsafe: the entry {info.filename!r} points outside the archive folder")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DataError(f"{name} is unsafe: the entry {info.filename!r} is a symbolic link")
+        if info.flag_bits & 0x1:
+            raise DataError(f"{name} is password-protected; upload an unencrypted zip")
+        if info.is_dir() or not parts or any(is_hidden(p) for p in parts):
+            continue
+        members.append((info, PurePosixPath(*parts)))
+    return members
+
+
+def _extract_members(archive, members, dest: Path, name: str, max_bytes: int) -> None:
+    written = 0
+    try:
+        for info, rel in members:
+            target = dest.joinpath(*rel.parts)
+            # Belt and braces over the name checks: nothing may resolve outside dest.
+            if not target.resolve().is_relative_to(dest):
+                raise DataError(f"{name} is unsafe: the entry {info.filename!r} points outside the archive folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as src, open(target, "xb") as out:
+                while chunk := src.read(_CHUNK):
+                    written += len(chunk)
+                    if written > max_bytes:
+                        raise DataError(f"{name} unpacks to more than the limit of {max_bytes:,} bytes")
+                    out.write(chunk)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError, ValueError) as exc:
+        # Bad CRC or compressed data, encryption, an unsupported compression method, a NUL in a name.
+        raise DataError(f"{name} is damaged and cannot be unpacked ({exc})") from None
+    except OSError as exc:
+        # e.g. an entry that is both a file and a folder, or a name this filesystem refuses.
+        raise DataError(f"{name} cannot be unpacked: {exc.strerror or exc}") from None
+
+
+def _empty_folder(folder: Path, remove: bool) -> None:
+    if remove:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def find_root(folder) -> Path:
+    """Descend through single wrapper folders (`food/` in `food/train/...`) to the dataset root."""
+    root = Path(folder)
+    while True:
+        entries = _sorted_entries(root)
+        if len(entries) != 1 or not entries[0].is_dir(follow_symlinks=False):
+            return root
+        inner = Path(entries[0].path)
+        if inner.name.lower() in TRAIN_DIRS | VAL_DIRS | TEST_DIRS:
+            return root
+        # A lone folder of photos is a single class, not a wrapper: stop so the class count error names it.
+        if not any(e.is_dir(follow_symlinks=False) for e in _sorted_entries(inner)):
+            return root
+        root = inner
+
+
+# ---------------------------------------------------------------------------------------------
+# Scanning
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Candidate:
+    rel: str
+    label: str
+    split: str
+
+
+class _Scan:
+    """What a walk of the dataset root found: candidate images per split, classes, skipped files."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.candidates: list[_Candidate] = []
+        self.labels: list[str] = []  # class folder names found under train/ (or the root)
+        self.skipped: list[dict] = []
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.append({"path": path, "reason": reason})
+
+    def rel(self, path: str) -> str:
+        return Path(path).relative_to(self.root).as_posix()
+
+    def class_folders(self, folder: Path, split: str, known: set[str] | None = None) -> None:
+        """Every visible subfolder of `folder` is a class; loose files there are reported.
+
+        With `known` (val/ and test/), a class that train/ lacks is skipped: the model cannot predict it.
+        """
+        for entry in _sorted_entries(folder):
+            if entry.is_symlink():
+                self.skip(self.rel(entry.path), "symbolic link")
+            elif entry.is_dir(follow_symlinks=False):
+                if known is not None and entry.name not in known:
+                    self.skip_tree(entry.path, f"class '{entry.name}' is not in train/")
+                    continue
+                if known is None:
+                    self.labels.append(entry.name)
+                self._walk_class(entry.path, entry.name, split)
+            else:
+                self.skip(self.rel(entry.path), "not inside a class folder")
+
+    def _walk_class(self, folder: str, label: str, split: str) -> None:
+        # Subfolders inside a class folder are still that class (e.g. photos grouped by date).
+        for entry in _sorted_entries(folder):
+            rel = self.rel(entry.path)
+            if entry.is_symlink():
+                self.skip(rel, "symbolic link")
+            elif entry.is_dir(follow_symlinks=False):
+                self._walk_class(entry.path, label, split)
+            elif not entry.is_file(follow_symlinks=False):
+                self.skip(rel, "not a regular file")
+            elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
+                self.skip(rel, "not an image file type")
+            else:
+                self.candidates.append(_Candidate(rel, label, split))
+
+    def skip_tree(self, folder: str, reason: str) -> None:
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+            for filename in filenames:
+                if not is_hidden(filename):
+                    self.skip(self.rel(os.path.join(dirpath, filename)), reason)
+
+
+def _sorted_entries(folder) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted((e for e in it if not is_hidden(e.name)), key=lambda e: e.name)
+
+
+def _scan(root: Path) -> tuple[_Scan, str, dict[str, Path]]:
+    """Detect the layout and walk it. Returns the scan, the layout name and the split folders used."""
+    scan = _Scan(root)
+    entries = _sorted_entries(root)
+    dirs = {e.name.lower(): e for e in entries if e.is_dir(follow_symlinks=False)}
+    if "train" not in dirs:
+        scan.class_folders(root, "train")
+        return scan, "class folders", {}
+
+    vals = sorted(n for n in dirs if n in VAL_DIRS)
+    if len(vals) > 1:
+        raise DataError(f"Found both {' and '.join(v + '/' for v in vals)}; keep one validation folder")
+    folders = {"train": Path(dirs["train"].path)}
+    if vals:
+        folders["val"] = Path(dirs[vals[0]].path)
+    if "test" in dirs:
+        folders["test"] = Path(dirs["test"].path)
+    used = {p.name for p in folders.values()}
+    for entry in entries:
+        if entry.name in used:
+            continue
+        if entry.is_symlink():
+            scan.skip(entry.name, "symbolic link")
+        elif entry.is_dir(follow_symlinks=False):
+            scan.skip_tree(entry.path, "outside train/, val/ and test/")
+        else:
+            scan.skip(entry.name, "not inside a class folder")
+
+    scan.class_folders(folders["train"], "train")
+    if not scan.labels:
+        raise DataError("train/ has no class folders: put each class's photos in its own subfolder of train/")
+    known = set(scan.labels)
+    for split in ("val", "test"):
+        if split in folders:
+            scan.class_folders(folders[split], split, known)
+    layout = "/".join(p.name for p in folders.values())
+    return scan, layout, folders
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------
+
+
+def _decode(path: Path, prepare: Callable | None, max_pixels: int) -> tuple[str | None, Any, str | None]:
+    """(content hash, prepared value, None) for a usable photo, (None, None, reason) otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, None, f"cannot be read ({exc.strerror or exc})"
+    try:
+        image = load_rgb(io.BytesIO(data), max_pixels=max_pixels)
+    except UnreadableImage as exc:
+        return None, None, str(exc)
+    except Image.DecompressionBombError:
+        # PIL refuses gigapixel headers inside Image.open, before load_rgb's own size check runs.
+        return None, None, "too large (a decompression bomb: it declares far more pixels than any photo)"
+    except Exception as exc:  # noqa: BLE001
+        # PIL's format plugins raise assorted exception types on hostile bytes; one bad upload
+        # must cost its own file, never the whole intake.
+        return None, None, f"truncated or corrupt ({type(exc).__name__})"
+    digest = hashlib.blake2b(data, digest_size=20).hexdigest()
+    return digest, (prepare(image) if prepare is not None else None), None
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting, duplicates, report
+# ---------------------------------------------------------------------------------------------
+
+
+def _stratified_split(
+    records: list[ImageRecord], digests: dict[str, str], fraction: float, seed: int, labels: list[str]
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """Per class: a seeded shuffle, then round(n * fraction) images to val, kept in [1, n-1] when n >= 2.
+
+    Identical photos are moved as one group, so the split itself does not create train/val leakage
+    unless every group is larger than the validation share.
+    """
+    train, val = [], []
+    for index, name in enumerate(labels):
+        groups: dict[str, list[ImageRecord]] = {}
+        for r in records:
+            if r.label == index:
+                groups.setdefault(digests[r.rel], []).append(r)
+        order = list(groups.values())
+        # Seeding per class keeps a class's split unchanged when other classes are added or removed.
+        random.Random(f"{seed}:{name}").shuffle(order)
+        n = sum(len(group) for group in order)
+        target = min(max(int(n * fraction + 0.5), 1), n - 1) if n >= 2 else 0
+        class_val, class_train = [], []
+        for group in order:
+            (class_val if len(class_val) + len(group) <= target else class_train).extend(group)
+        if target and not class_val:
+            # Better one split duplicate group (reported as leakage) than a class with no validation.
+            class_val, class_train = class_train[:target], class_train[target:]
+        val.extend(class_val)
+        train.extend(class_train)
+    by_rel = lambda r: r.rel  # noqa: E731
+    return sorted(train, key=by_rel), sorted(val, key=by_rel)
+
+
+def _duplicates(splits: dict[str, list[ImageRecord]], digests: dict[str, str]) -> tuple[list[dict], list[dict]]:
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for split, records in splits.items():
+        for r in records:
+            groups.setdefault(digests[r.rel], []).append((r.rel, split))
+    duplicates, cross = [], []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        paths = sorted(rel for rel, _ in members)
+        duplicates.append({"paths": paths})
+        in_splits = sorted({split for _, split in members}, key=SPLITS.index)
+        if len(in_splits) > 1:
+            cross.append({"paths": paths, "splits": in_splits})
+    key = lambda d: d["paths"][0]  # noqa: E731
+    return sorted(duplicates, key=key), sorted(cross, key=key)
+
+
+def _imbalance(counts: dict[str, int]) -> str | None:
+    largest = max(counts, key=lambda k: (counts[k], k))
+    smallest = min(counts, key=lambda k: (counts[k], k))
+    if counts[largest] < IMBALANCE_RATIO * counts[smallest]:
+        return None
+    return (
+        f"classes are imbalanced: '{largest}' has {counts[largest]} training images but '{smallest}' "
+        f"only {counts[smallest]} ({counts[largest] / counts[smallest]:.1f}x); consider adding photos "
+        f"or class-weighted loss"
+    )
+
+
+def write_report(report: dict, path) -> None:
+    """Write the report as JSON atomically (a crash never leaves half a report)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, report)
+
+
+def open_dataset(
+    source,
+    workdir=None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    prepare: Callable[[Image.Image], Any] | None = None,
+    max_pixels: int = MAX_PIXELS,
+) -> Dataset:
+    """Open a folder or .zip of photos as a Dataset; bad files are skipped and reported, never fatal.
+
+    A zip is extracted afresh into `workdir/data` (workdir is required for zips). When `workdir` is
+    given the report is also written to `workdir/data_report.json`. Each photo is decoded once; with
+    `prepare`, its result is kept on the record as `prepared`.
+    """
+    if not 0 < val_fraction < 1:
+        raise DataError(f"The validation fraction must be between 0 and 1, got {val_fraction}")
+    source = Path(source)
+    if not source.exists():
+        raise DataError(f"{source} does not exist")
+    if source.is_dir():
+        root = find_root(source.resolve())
+    else:
+        if workdir is None:
+            raise ValueError("open_dataset needs a workdir to extract a zip into")
+        dest = Path(workdir) / "data"
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        root = extract_zip(source, dest).resolve()
+
+    scan, layout, folders = _scan(root)
+    if not scan.candidates:
+        raise DataError(
+            f"No photos found in {source.name}. Expected one folder per class with photos "
+            f"({', '.join(sorted(IMAGE_EXTENSIONS))}), or train/ and val/ folders that contain them"
+        )
+    labels = sorted(scan.labels)
+    if len(labels) < 2:
+        found = f"only one class ('{labels[0]}')" if labels else "no class folders"
+        raise DataError(f"Found {found}; at least 2 classes are needed, each in its own folder")
+
+    scan.candidates.sort(key=lambda c: c.rel)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        results = list(pool.map(lambda c: _decode(root / c.rel, prepare, max_pixels), scan.candidates))
+
+    index = {name: i for i, name in enumerate(labels)}
+    splits: dict[str, list[ImageRecord]] = {split: [] for split in SPLITS}
+    digests: dict[str, str] = {}
+    for cand, (digest, prepared, reason) in zip(scan.candidates, results):
+        if reason is not None:
+            scan.skip(cand.rel, reason)
+            continue
+        digests[cand.rel] = digest
+        splits[cand.split].append(ImageRecord(root / cand.rel, index[cand.label], cand.rel, prepared))
+
+    if not digests:
+        raise DataError(f"None of the {len(scan.candidates)} image files could be read; see the skipped list for why")
+    empty = [name for name in labels if not any(r.label == index[name] for r in splits["train"])]
+    if empty:
+        where = "train/" if folders else "its folder"
+        names = ", ".join(f"'{n}'" for n in empty)
+        raise DataError(f"Class {names} has no usable photos in {where}; add photos or remove the folder")
+
+    if "val" in folders:
+        val_source = "folder"
+    else:
+        splits["train"], splits["val"] = _stratified_split(splits["train"], digests, val_fraction, seed, labels)
+        val_source = f"split ({val_fraction:.0%}, seed {seed})"
+
+    duplicates, cross = _duplicates(splits, digests)
+    counts = {split: {name: 0 for name in labels} for split in SPLITS}
+    for split, records in splits.items():
+        for r in records:
+            counts[split][labels[r.label]] += 1
+    warnings = []
+    missing_val = [name for name in labels if counts["val"][name] == 0]
+    if missing_val:
+        warnings.append(f"no validation images for {', '.join(repr(n) for n in missing_val)}")
+    if duplicates:
+        warnings.append(f"{len(duplicates)} group(s) of identical photos")
+    if cross:
+        warnings.append(f"{len(cross)} photo(s) appear in more than one split (train/val/test leakage)")
+
+    report = {
+        "root": str(root),
+        "layout": layout,
+        "labels": labels,
+        "counts": counts,
+        "totals": {split: len(splits[split]) for split in SPLITS},
+        "skipped": sorted(scan.skipped, key=lambda s: s["path"]),
+        "duplicates": duplicates,
+        "cross_split_duplicates": cross,
+        "imbalance": _imbalance(counts["train"]),
+        "warnings": warnings,
+        "val_source": val_source,
+        "files": {split: [[r.rel, labels[r.label]] for r in splits[split]] for split in SPLITS},
+    }
+    if workdir is not None:
+        write_report(report, Path(workdir) / "data_report.json")
+    return Dataset(root, labels, splits["train"], splits["val"], splits["test"], report)
+
+
+def assemble_class_folders(classes: dict[str, list], dest) -> Path:
+    """Copy {class name: [uploaded files]} into dest/<class>/ (the Teachable-Machine-style UI) and return dest.
+
+    Class names become folder names, so they are checked: non-empty, no path separators or `..`,
+    not hidden, not a train/val/test folder name, and unique ignoring case.
+    """
+    cleaned: dict[str, list[Path]] = {}
+    seen: set[str] = set()
+    for raw, files in classes.items():
+        name = str(raw).strip()
+        if not name:
+            raise DataError("A class has an empty name; give every class a name")
+        if "/" in name or "\\" in name or ".." in name or any(ord(ch) < 32 for ch in name):
+            raise DataError(f"Class name {name!r} cannot contain '/', '\\', '..' or control characters")
+        if is_hidden(name):
+            raise DataError(f"Class name {name!r} is not allowed (it would be treated as a hidden or system file)")
+        if name.lower() in TRAIN_DIRS | VAL_DIRS | TEST_DIRS:
+            raise DataError(f"Class name {name!r} is reserved for train/val/test folders; please rename the class")
+        if name.lower() in seen:
+            raise DataError(f"Two classes are named {name!r} (names must differ, ignoring case)")
+        seen.add(name.lower())
+        if not files:
+            raise DataError(f"Class '{name}' has no photos; add some or remove the class")
+        cleaned[name] = [Path(f) for f in files]
+    if len(cleaned) < 2:
+        raise DataError("At least 2 classes are needed")
+
+    dest = Path(dest)
+    for name, files in cleaned.items():
+        folder = dest / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for src in files:
+            if not src.is_file():
+                raise DataError(f"The uploaded file {src.name} for class '{name}' is missing")
+            # A leading dot would make the copy a hidden file, which scanning ignores.
+            shutil.copyfile(src, _unique_path(folder, src.name.lstrip(".") or "photo"))
+    return dest
+
+
+def _unique_path(folder: Path, filename: str) -> Path:
+    # Uploads from different phones often share names (IMG_0001.jpg); keep them all.
+    candidate = folder / filename
+    stem, suffix = os.path.splitext(filename)
+    n = 1
+    while candidate.exists():
+        candidate = folder / f"{stem}_{n}{suffix}"
+        n += 1
+    return candidate
