@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from trainer.config import ARCHS, AUGMENTS, OPTIMIZERS, STEP_PER, STRATEGIES, ConfigError, ScheduleConfig, TrainConfig
@@ -96,6 +97,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     lr.add_argument("--val-loss", type=json.loads, default=None,
                     help="ReduceLROnPlateau: JSON list of per-epoch validation losses (default: a made-up curve)")
     lr.add_argument("--json", action="store_true", help='print {"lr": [...]}')
+
+    fit = commands.add_parser("fit", help="fine-tune a ResNet on a photo folder or zip and write a run folder")
+    add_train_args(fit)
+    fit.add_argument("--out", required=True, help="run folder to write (must be empty unless --overwrite)")
+    fit.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+
+    finder = commands.add_parser("lr-find", help="sweep the LR exponentially and suggest one (fastai's lr_find)")
+    add_train_args(finder)
+    finder.add_argument("--iterations", type=int, default=100)
+    finder.add_argument("--start-lr", type=float, default=1e-7)
+    finder.add_argument("--end-lr", type=float, default=10.0)
+    finder.add_argument("--json", action="store_true", help='print {"lr", "loss", "suggested_lr", "rule"}')
     return parser
 
 
@@ -115,15 +128,91 @@ def run_lr(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"lr": run_lr}
+class _StopOnInterrupt:
+    """The first Ctrl-C asks fit to stop after the current batch (keeping the best model); a second one aborts."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this batch (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+    def __call__(self) -> bool:
+        return self.requested
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from trainer.train import fit
+
+    config = train_config_from_args(args)
+    bar = None
+
+    def on_batch(event):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=event.batches * config.epochs, unit="batch", dynamic_ncols=True)
+        bar.set_description(f"epoch {event.epoch + 1}/{config.epochs}")
+        bar.set_postfix(loss=f"{event.loss:.3f}", lr=f"{event.lr:.2e}")
+        bar.update()
+
+    def on_epoch(stats):
+        tqdm.write(f"epoch {stats.epoch:>3} [{stats.phase}]  train loss {stats.train_loss:.4f} acc {stats.train_acc:.3f}"
+                   f"  val loss {stats.val_loss:.4f} acc {stats.val_acc:.3f}  ({stats.seconds:.1f}s)")
+
+    with _StopOnInterrupt() as stop:
+        result = fit(args.data, config, args.out, overwrite=args.overwrite, on_batch=on_batch, on_epoch=on_epoch,
+                     should_stop=stop, log=tqdm.write)
+    if bar is not None:
+        bar.close()
+    metrics = result.metrics
+    print(f"best epoch {metrics['best_epoch']}: val accuracy {metrics['val']['accuracy']:.3f}"
+          + (f", test accuracy {metrics['test']['accuracy']:.3f}" if metrics["test"] else "")
+          + (f" ({result.stopped})" if result.stopped else ""))
+    export = metrics.get("export") or {}
+    if export.get("ok") is False:
+        print(f"ONNX export failed: {export.get('error')}", file=sys.stderr)
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    from trainer.lr_finder import lr_find
+
+    with _StopOnInterrupt() as stop:
+        result = lr_find(args.data, train_config_from_args(args), iterations=args.iterations,
+                         start_lr=args.start_lr, end_lr=args.end_lr, should_stop=stop)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"suggested lr {result.suggested_lr:.3g} ({result.rule}); swept {len(result.lr)} steps "
+              f"from {result.lr[0]:.1e} to {result.lr[-1]:.1e}")
+    return 0
+
+
+COMMANDS = {"lr": run_lr, "fit": run_fit, "lr-find": run_lr_find}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from models.backbones import WeightsUnavailable
+    from trainer.data import DataError
+
     args = get_args_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ScheduleError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ScheduleError, ConfigError, DataError, WeightsUnavailable, ValueError) as exc:
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 
 

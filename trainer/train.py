@@ -157,7 +157,7 @@ def create_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-class _Autocast:
+class Autocast:
     """bf16 autocast where the GPU supports it, else fp16 with a grad scaler; nothing on CPU."""
 
     def __init__(self, device: torch.device):
@@ -171,7 +171,7 @@ class _Autocast:
 
 
 @dataclass
-class _Task:
+class Task:
     """What one strategy trains: the module run on each batch, its loaders and its parameter groups."""
 
     module: nn.Module
@@ -181,24 +181,24 @@ class _Task:
     backbone: list[nn.Parameter]
 
 
-def _features(backbone: nn.Module, loader: DataLoader, device: torch.device, autocast: _Autocast) -> tuple:
+def _features(backbone: nn.Module, loader: DataLoader, device: torch.device, autocast: Autocast) -> tuple:
     backbone.eval()
     feats, labels = [], []
     with torch.inference_mode(), autocast():
         for x, y in loader:
-            feats.append(backbone(_to_device(x, device)).float().cpu())
+            feats.append(backbone(to_device(x, device)).float().cpu())
             labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda" and x.dim() == 4:
         return x.to(device, non_blocking=True, memory_format=torch.channels_last)
     return x.to(device, non_blocking=True)
 
 
-def _build_task(model: nn.Module, data: Dataset, config: TrainConfig, spec: PreprocessSpec,
-                device: torch.device, autocast: _Autocast, log: Callable[[str], None]) -> _Task:
+def build_task(model: nn.Module, data: Dataset, config: TrainConfig, spec: PreprocessSpec,
+                device: torch.device, autocast: Autocast, log: Callable[[str], None]) -> Task:
     splits = {"val": data.val, "test": data.test}
     backbone_params = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
     if config.strategy == "linear-probe":
@@ -216,7 +216,7 @@ def _build_task(model: nn.Module, data: Dataset, config: TrainConfig, spec: Prep
         )
         for p in backbone_params:
             p.requires_grad_(False)
-        return _Task(
+        return Task(
             module=head,
             train_loader=gen_loader(cached["train"], True),
             eval_loaders={s: gen_loader(cached[s], False) for s in splits if s in cached},
@@ -225,7 +225,7 @@ def _build_task(model: nn.Module, data: Dataset, config: TrainConfig, spec: Prep
         )
     train_set = CachedImages(data.train, spec, train_augmentation(config.augment, spec))
     head_mult = config.head_lr_mult if config.strategy == "finetune" else 1.0
-    return _Task(
+    return Task(
         module=model,
         train_loader=_loader(train_set, config.batch_size, True, config.seed, device),
         eval_loaders={
@@ -245,7 +245,7 @@ def _evaluate(module: nn.Module, loader: DataLoader, criterion, device, autocast
     total, losses, targets, preds, confs = 0, 0.0, [], [], []
     with torch.inference_mode(), autocast():
         for x, y in loader:
-            logits = module(_to_device(x, device)).float()
+            logits = module(to_device(x, device)).float()
             y = y.to(device)
             losses += criterion(logits, y).item() * len(y)
             total += len(y)
@@ -275,6 +275,7 @@ def fit(
     device = resolve_device(config.device)
     spec = preprocessing_for(config.arch, config.image_size)
     data = load_data(data, config, spec, run_dir)
+    log(data.summary())
     if not data.val:
         raise ConfigError("No validation photos: every class needs at least 2 photos (or give a val/ folder)")
     labels = data.labels
@@ -285,8 +286,8 @@ def fit(
     model = create_model(config.arch, len(labels), config.weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    autocast = _Autocast(device)
-    task = _build_task(model, data, config, spec, device, autocast, log)
+    autocast = Autocast(device)
+    task = build_task(model, data, config, spec, device, autocast, log)
     weight = _class_weights(data.train, len(labels)).to(device) if config.class_weighted else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
@@ -312,7 +313,7 @@ def fit(
             if should_stop and should_stop():
                 stopped = "cancelled"
                 break
-            x, y = _to_device(x, device), y.to(device)
+            x, y = to_device(x, device), y.to(device)
             lrs.append(head_group["lr"])
             with autocast():
                 logits = task.module(x)

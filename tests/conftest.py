@@ -1,0 +1,53 @@
+"""Shared fixtures: small real photo folders written to disk, and a tiny-training config."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainer.config import ScheduleConfig, TrainConfig
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+# Two cores: let torch use both, and never more (tests also start app servers and subprocesses).
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def write_photos(root: Path, per_class: int = 12, classes=("red", "green", "blue"), size=(40, 36), seed=0) -> Path:
+    """Class folders of noisy, distinctly coloured JPEGs: easy to learn, still real files."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.array(COLOURS[name], dtype=np.float64)
+            pixels = base + rng.normal(0, 25, size=(size[1], size[0], 3))
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{name}_{i:02d}.jpg", quality=90)
+    return root
+
+
+def zip_folder(folder: Path, archive: Path) -> Path:
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder).as_posix())
+    return archive
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    """ResNet-18, random init, 32 px crops: trains in seconds on two cores."""
+    schedule = overrides.pop("schedule", ScheduleConfig(lr=overrides.pop("lr", 1e-3), epochs=overrides.pop("epochs", 3)))
+    base = dict(weights="none", strategy="full", optimizer="adamw", image_size=32, batch_size=8, augment="none", seed=0)
+    base.update(overrides)
+    return TrainConfig(schedule=schedule, **base)
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    return write_photos(tmp_path / "photos")
