@@ -5,14 +5,28 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import queue
+import shutil
+import threading
+from dataclasses import replace
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from trainer.config import ScheduleConfig
+from models.backbones import WeightsUnavailable
+from trainer.config import ARCHS, AUGMENTS, OPTIMIZERS, STRATEGIES, ConfigError, ScheduleConfig, TrainConfig
+from trainer.data import DataError, Dataset, assemble_class_folders, open_dataset
+from trainer.metrics import confusion_figure
+from trainer.runs import RunStore
 from trainer.schedules import CATALOGUE, ScheduleError, ValLossShape, lr_curve, schedule_code, scheduler_info
+from trainer.train import EpochStats, FitResult, fit
+
+# Mistakes a user can fix; anything else is a bug and raises.
+USER_ERRORS = (DataError, ConfigError, ScheduleError, WeightsUnavailable)
 
 # ---------------------------------------------------------------- schedules tab: functions
 
@@ -184,15 +198,440 @@ def schedules_tab(current_schedule: gr.State):
     return update, inputs, outputs
 
 
+# ---------------------------------------------------------------- fine-tune tab: functions
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+SAMPLE_PHOTOS = ASSETS / "sample"
+MAX_CLASSES = 8  # class slots in the per-class upload
+SOURCES = ("Sample photos", "Zip file", "Photos per class", "Folder on this computer")
+ON_SPACE = bool(os.environ.get("SPACE_ID"))
+STORE = RunStore(max_age_hours=float(os.environ.get("TRANSFER_STUDIO_RUN_HOURS", "0") or 0) or None)
+STOP_FLAGS: dict[str, threading.Event] = {}  # per browser session: set by Cancel, read by fit every batch
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "local"
+
+
+def _local_folders_allowed(request: gr.Request | None) -> bool:
+    """Typing a server path is for a person running the app on their own machine, never a Space or a share link."""
+    host = (getattr(request, "client", None) and request.client.host) or "127.0.0.1"
+    return not ON_SPACE and host in ("127.0.0.1", "::1", "localhost")
+
+
+def open_photos(source: str, zip_file, folder: str, classes: dict[str, list], session: str, local_ok: bool) -> Dataset:
+    """Check the photos a user gave (any of the four ways) and return the opened dataset."""
+    if source == "Sample photos":
+        return open_dataset(SAMPLE_PHOTOS)
+    if source == "Zip file":
+        if not zip_file:
+            raise DataError("Choose a .zip of your photo folder first")
+        return open_dataset(zip_file, workdir=STORE.upload_dir(session))
+    if source == "Photos per class":
+        named = {name.strip(): files for name, files in classes.items() if name.strip() or files}
+        return open_dataset(assemble_class_folders(named, STORE.upload_dir(session) / "classes"))
+    if not local_ok:
+        raise DataError("Server folders can only be used when the app runs on your own machine; upload a zip instead")
+    if not folder or not Path(folder).expanduser().is_dir():
+        raise DataError(f"{folder!r} is not a folder on this computer")
+    return open_dataset(Path(folder).expanduser())
+
+
+def report_markdown(report: dict) -> str:
+    labels, counts = report["labels"], report["counts"]
+    lines = [f"**{len(labels)} classes**, layout: {report['layout']}, validation: {report['val_source']}.", "",
+             "| class | train | val | test |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {counts['train'][name]} | {counts['val'][name]} | {counts['test'][name]} |" for name in labels]
+    if report["imbalance"]:
+        lines += ["", f"**Imbalance:** {report['imbalance']}"]
+    lines += [f"- {warning}" for warning in report["warnings"]]
+    if report["skipped"]:
+        lines += ["", f"**Skipped {len(report['skipped'])} file(s):**"]
+        lines += [f"- `{item['path']}`: {item['reason']}" for item in report["skipped"][:20]]
+        if len(report["skipped"]) > 20:
+            lines.append(f"- ... and {len(report['skipped']) - 20} more (see data_report.json)")
+    if report["duplicates"]:
+        lines += ["", f"**{len(report['duplicates'])} group(s) of identical photos**, e.g. " +
+                  ", ".join(f"`{p}`" for p in report["duplicates"][0]["paths"][:3])]
+    return "\n".join(lines)
+
+
+def sample_grid(report: dict, per_class: int = 4) -> list[tuple[str, str]]:
+    root, shown, grid = Path(report["root"]), {}, []
+    for rel, label in report["files"]["train"]:
+        if shown.get(label, 0) < per_class:
+            shown[label] = shown.get(label, 0) + 1
+            grid.append((str(root / rel), label))
+    return grid
+
+
+def train_config_from_form(form: dict, schedule: ScheduleConfig) -> TrainConfig:
+    """The fine-tune form as a TrainConfig (the same fields as the CLI and config.json)."""
+    return TrainConfig.from_dict({**form, "schedule": schedule.to_dict()})
+
+
+def schedule_from_form(scheduler: str, params_json: str, lr, epochs, warmup, step_per) -> ScheduleConfig:
+    try:
+        params = json.loads(params_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise ScheduleError(f"Scheduler parameters must be JSON like {{\"T_max\": 10}}: {exc.msg}") from None
+    if not isinstance(params, dict):
+        raise ScheduleError('Scheduler parameters must be a JSON object like {"T_max": 10}')
+    return ScheduleConfig(scheduler=scheduler, lr=float(lr), epochs=_whole(epochs, "epochs"), params=params,
+                          warmup_epochs=_whole(warmup or 0, "warm-up epochs"), step_per=step_per)
+
+
+def history_frames(history: list[EpochStats]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The per-epoch table, and the loss and accuracy curves in long form."""
+    table = pd.DataFrame([{"epoch": h.epoch, "phase": h.phase, "train loss": round(h.train_loss, 4),
+                           "train acc": round(h.train_acc, 4), "val loss": round(h.val_loss, 4),
+                           "val acc": round(h.val_acc, 4), "lr": h.lr[0] if h.lr else None,
+                           "seconds": round(h.seconds, 1)} for h in history])
+    loss = pd.DataFrame([(h.epoch, v, split) for h in history for split, v in (("train", h.train_loss), ("val", h.val_loss))],
+                        columns=["epoch", "loss", "split"])
+    acc = pd.DataFrame([(h.epoch, v, split) for h in history for split, v in (("train", h.train_acc), ("val", h.val_acc))],
+                       columns=["epoch", "accuracy", "split"])
+    return table, loss, acc
+
+
+def lr_frame(planned: list[float] | None, history: list[EpochStats]) -> pd.DataFrame:
+    """The head's LR actually used at every step, over the planned curve."""
+    rows = [(step, lr, "planned") for step, lr in enumerate(planned or [])]
+    used = [lr for h in history for lr in h.lr]
+    rows += [(step, lr, "used") for step, lr in enumerate(used)]
+    return pd.DataFrame(rows, columns=["step", "lr", "curve"])
+
+
+def planned_head_lr(config: TrainConfig, steps_per_epoch: int) -> list[float] | None:
+    """The schedule's curve for the head group (ReduceLROnPlateau depends on the run, so it has none)."""
+    if scheduler_info(config.schedule.scheduler).needs_metric:
+        return None
+    mult = config.head_lr_mult if config.strategy == "finetune" else 1.0
+    curve = lr_curve(replace(config.schedule, steps_per_epoch=steps_per_epoch))
+    return [lr * mult for lr in curve.lr]
+
+
+def misclassified(result: FitResult, root: Path, limit: int = 24) -> list[tuple[str, str]]:
+    wrong = [p for p in result.predictions.get("val", []) if p[1] != p[2]]
+    wrong.sort(key=lambda p: -p[3])  # most confident mistakes first: the instructive ones
+    return [(str(root / rel), f"predicted {result.labels[pred]} ({conf:.0%}), true {result.labels[true]}")
+            for rel, true, pred, conf in wrong[:limit]]
+
+
+def metrics_markdown(result: FitResult) -> str:
+    m = result.metrics
+    lines = [f"**Validation accuracy {m['val']['accuracy']:.1%}** (loss {m['val']['loss']:.4f}, "
+             f"{m['val']['count']} photos), best epoch {m['best_epoch']} of {m['epochs_run']}."]
+    if m["test"]:
+        lines.append(f"**Test accuracy {m['test']['accuracy']:.1%}** ({m['test']['count']} photos, never used for selection).")
+    if result.stopped:
+        lines.append(f"Stopped: {result.stopped}; the best model so far was kept.")
+    export = m.get("export") or {}
+    fp32 = (export.get("variants") or {}).get("fp32")
+    if fp32:
+        lines.append(f"ONNX export: max logit difference {fp32['max_abs_logit_diff']:.1e}, "
+                     f"top-1 agreement {fp32['top1_agreement']:.1%}{'' if fp32['passed'] else ' (FAILED its check)'}.")
+    elif export.get("error"):
+        lines.append(f"ONNX export failed: {export['error']}")
+    lines.append(f"_{m['note']}_")
+    return "\n\n".join(lines)
+
+
+def per_class_frame(split_metrics: dict) -> pd.DataFrame:
+    return pd.DataFrame(split_metrics["per_class"]).round(4)
+
+
+class TrainingFailed(Exception):
+    """What fit raised in its thread, for the generator to turn into a gr.Error."""
+
+
+def run_training(data_path: str, config: TrainConfig, session: str, stop: threading.Event):
+    """Run fit in a thread; yield ("log", str), ("batch", BatchEvent), ("epoch", EpochStats), then ("done", (run_id, FitResult))."""
+    run_id, run_dir = STORE.new_run(session)
+    events: queue.Queue = queue.Queue()
+
+    def work():
+        try:
+            result = fit(data_path, config, run_dir, overwrite=True, on_batch=lambda e: events.put(("batch", e)),
+                         on_epoch=lambda s: events.put(("epoch", s)), should_stop=stop.is_set,
+                         log=lambda message: events.put(("log", message)))
+            events.put(("done", (run_id, result)))
+        except USER_ERRORS as exc:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            events.put(("error", exc))
+
+    thread = threading.Thread(target=work, name=f"fit-{run_id}", daemon=True)
+    thread.start()
+    while True:
+        kind, payload = events.get()
+        if kind == "error":
+            raise TrainingFailed(str(payload))
+        yield kind, payload
+        if kind == "done":
+            return
+
+
+def pick_source(choice, request: gr.Request):
+    local_ok = _local_folders_allowed(request)
+    return (gr.update(visible=choice == "Zip file"), gr.update(visible=choice == "Photos per class"),
+            gr.update(visible=choice == "Folder on this computer" and local_ok))
+
+
+def set_class_count(count: int, delta: int):
+    count = max(2, min(MAX_CLASSES, count + delta))
+    return [count] + [gr.update(visible=i < count) for i in range(MAX_CLASSES)]
+
+
+def check_photos(choice, zip_path, folder_path, count, *class_values, request: gr.Request = None):
+    """Handler of 'Check photos': (data state, report markdown, sample grid)."""
+    names, files = class_values[:MAX_CLASSES], class_values[MAX_CLASSES:]
+    classes = {names[i] or "": files[i] or [] for i in range(int(count))}
+    try:
+        dataset = open_photos(choice, zip_path, folder_path, classes, _session(request), _local_folders_allowed(request))
+    except DataError as exc:
+        raise gr.Error(str(exc)) from None
+    grid = sample_grid(dataset.report)
+    state = {"path": str(dataset.root), "report": dataset.report}
+    return state, report_markdown(dataset.report), gr.update(value=grid, visible=bool(grid))
+
+
+def form_config(arch, weights, weights_file, strategy, batch_size, image_size, head_lr_mult, head_epochs, optimizer,
+                augment, class_weighted, patience, val_fraction, seed, scheduler, params, lr, epochs, warmup, step_per):
+    """The settings form, in the order the tab lists its fields, as a TrainConfig."""
+    if weights == "file":
+        if not weights_file:
+            raise ConfigError("Choose a weights file, or pick imagenet or none")
+        weights = weights_file
+    values = dict(zip(TRAIN_FIELDS, (arch, weights, strategy, batch_size, image_size, head_lr_mult, head_epochs,
+                                     optimizer, augment, class_weighted, patience, val_fraction, seed)))
+    return train_config_from_form(values, schedule_from_form(scheduler, params, lr, epochs, warmup, step_per))
+
+
+def _data_path(data) -> str:
+    if not data:
+        raise gr.Error("Check your photos first (step 1): press 'Check photos'")
+    return data["path"]
+
+
+def find_lr(data, *form, request: gr.Request = None, progress=gr.Progress()):
+    """Handler of the LR finder: (plot data, message, suggested LR, enable the 'use' button)."""
+    from trainer.lr_finder import lr_find
+
+    path = _data_path(data)
+    try:
+        config = form_config(*form)
+        result = lr_find(path, config, workdir=STORE.upload_dir(_session(request)),
+                         on_step=lambda i, lr, loss: progress((i + 1) / 100, desc=f"LR {lr:.1e}"))
+    except USER_ERRORS + (ValueError,) as exc:
+        raise gr.Error(str(exc)) from None
+    frame = pd.DataFrame({"log10 lr": [math.log10(v) for v in result.lr], "loss": result.loss})
+    text = f"**Suggested LR: {result.suggested_lr:.2e}** (rule: {result.rule}); swept {len(result.lr)} steps."
+    return frame, text, result.suggested_lr, gr.update(interactive=True)
+
+
+TRAIN_OUTPUTS = ("status", "epoch_table", "loss_plot", "acc_plot", "lr_plot", "metrics", "per_class", "confusion",
+                 "misclassified", "download", "run_id")
+
+
+def _outputs(**values) -> tuple:
+    """One yield of the train handler: named outputs set, the rest left as they are."""
+    return tuple(values.pop(name, gr.skip()) for name in TRAIN_OUTPUTS)
+
+
+def train_model(data, *form, request: gr.Request = None, progress=gr.Progress()):
+    """Handler of Train, a generator: streams epochs (table, curves, LR used over planned), then the results."""
+    path = _data_path(data)
+    try:
+        config = form_config(*form)
+    except USER_ERRORS as exc:
+        raise gr.Error(str(exc)) from None
+    session = _session(request)
+    stop = STOP_FLAGS[session] = threading.Event()
+    history: list[EpochStats] = []
+    planned = None
+    try:
+        for kind, payload in run_training(path, config, session, stop):
+            if kind == "log":
+                yield _outputs(status=f"_{payload.splitlines()[0]}_")
+            elif kind == "batch":
+                if planned is None:
+                    planned = planned_head_lr(config, payload.batches)
+                done = payload.epoch * payload.batches + payload.batch + 1
+                progress(done / (payload.batches * config.epochs),
+                         desc=f"epoch {payload.epoch + 1}/{config.epochs}, loss {payload.loss:.3f}")
+            elif kind == "epoch":
+                history.append(payload)
+                table, loss, acc = history_frames(history)
+                yield _outputs(status=f"Epoch {payload.epoch}/{config.epochs}: val accuracy {payload.val_acc:.1%}",
+                               epoch_table=table, loss_plot=loss, acc_plot=acc, lr_plot=lr_frame(planned, history))
+            else:
+                run_id, result = payload
+                yield _outputs(
+                    status=f"Run `{run_id}` finished.",
+                    metrics=metrics_markdown(result),
+                    per_class=per_class_frame(result.metrics["val"]),
+                    confusion=confusion_figure(result.metrics["val"]["confusion_matrix"], result.labels),
+                    misclassified=misclassified(result, Path(data["report"]["root"])),
+                    download=gr.update(value=str(STORE.zip_run(result.run_dir)), visible=True),
+                    run_id=run_id,
+                )
+    except TrainingFailed as exc:
+        raise gr.Error(str(exc)) from None
+    finally:
+        if STOP_FLAGS.get(session) is stop:
+            del STOP_FLAGS[session]
+
+
+def cancel_training(request: gr.Request = None) -> str:
+    flag = STOP_FLAGS.get(_session(request))
+    if flag is None:
+        return "Nothing is training in this session."
+    flag.set()
+    return "Stopping after the current batch; the best model so far is kept."
+
+
+def take_studio_schedule(current):
+    if not current:
+        return [gr.skip()] * 6
+    config = ScheduleConfig.from_dict(current)
+    return config.scheduler, json.dumps(config.params), config.lr, config.epochs, config.warmup_epochs, config.step_per
+
+
+# ---------------------------------------------------------------- fine-tune tab: layout and wiring
+
+TRAIN_FIELDS = ("arch", "weights", "strategy", "batch_size", "image_size", "head_lr_mult", "head_epochs", "optimizer",
+                "augment", "class_weighted", "patience", "val_fraction", "seed")
+
+
+def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
+    defaults = TrainConfig()
+    data_state = gr.State(None)  # {"path": folder to train from, "report": data report}
+    gr.Markdown("Give photos (one folder per class), check them, pick a strategy and a schedule, and train. "
+                "Training runs one at a time; you will see your place in the queue.")
+    with gr.Accordion("1. Photos", open=True):
+        source = gr.Radio(list(SOURCES), value="Sample photos", label="Where are the photos?")
+        zip_file = gr.File(label="A .zip of your folder (class subfolders, or train/ val/ test/)", file_types=[".zip"],
+                           visible=False)
+        with gr.Group(visible=False) as per_class_box:
+            class_count = gr.State(2)
+            class_rows, class_names, class_files = [], [], []
+            for i in range(MAX_CLASSES):
+                with gr.Row(visible=i < 2) as row:
+                    class_names.append(gr.Textbox(label=f"Class {i + 1} name", scale=1))
+                    class_files.append(gr.File(label="Its photos", file_count="multiple", file_types=["image"], scale=3))
+                class_rows.append(row)
+            with gr.Row():
+                add_class = gr.Button("Add a class", size="sm")
+                remove_class = gr.Button("Remove the last class", size="sm")
+        folder = gr.Textbox(label="Folder on this computer", placeholder="/home/me/photos/food", visible=False)
+        check = gr.Button("Check photos", variant="secondary")
+        report_md = gr.Markdown()
+        samples = gr.Gallery(label="Sample photos per class", columns=8, height=220, visible=False)
+    with gr.Accordion("2. Settings", open=True):
+        with gr.Row():
+            arch = gr.Dropdown(list(ARCHS), value=defaults.arch, label="Backbone")
+            weights = gr.Radio(["imagenet", "none", "file"], value=defaults.weights, label="Pretrained weights",
+                               info="ImageNet (torch hub cache), none (random init), or a weights file")
+            weights_file = gr.File(label="Weights file (.safetensors or .pth)", file_types=[".safetensors", ".pth", ".pt"],
+                                   visible=False)
+            strategy = gr.Radio(list(STRATEGIES), value=defaults.strategy, label="Strategy",
+                                info="linear-probe: frozen backbone; finetune: head first, then all; full: all")
+        with gr.Row():
+            epochs = gr.Number(value=defaults.epochs, precision=0, label="Epochs")
+            batch_size = gr.Number(value=defaults.batch_size, precision=0, label="Batch size")
+            image_size = gr.Number(value=defaults.image_size, precision=0, label="Image size (crop, px)")
+            lr = gr.Number(value=defaults.lr, label="Learning rate (backbone / base)")
+            head_lr_mult = gr.Number(value=defaults.head_lr_mult, label="Head LR multiplier (finetune)")
+            head_epochs = gr.Number(value=defaults.head_epochs, precision=0, label="Head-only epochs (finetune)")
+        with gr.Row():
+            optimizer = gr.Radio(list(OPTIMIZERS), value=defaults.optimizer, label="Optimizer")
+            augment = gr.Radio(list(AUGMENTS), value=defaults.augment, label="Augmentation")
+            class_weighted = gr.Checkbox(value=defaults.class_weighted, label="Class-weighted loss")
+            patience = gr.Number(value=defaults.patience, precision=0, label="Early-stopping patience (0 = off)")
+            val_fraction = gr.Number(value=defaults.val_fraction, label="Validation fraction (no val/ folder)")
+            seed = gr.Number(value=defaults.seed, precision=0, label="Seed")
+        with gr.Row():
+            scheduler = gr.Dropdown(list(CATALOGUE), value=defaults.schedule.scheduler, label="LR scheduler")
+            params = gr.Code(value="{}", language="json", label="Scheduler parameters (JSON)", lines=2)
+            warmup = gr.Number(value=0, precision=0, label="Warm-up epochs")
+            step_per = gr.Radio(["epoch", "batch"], value="epoch", label="Step per")
+            take_schedule = gr.Button("Use the schedule from the studio tab", size="sm")
+    with gr.Accordion("3. Learning-rate finder", open=False):
+        gr.Markdown("An exponential LR sweep on your photos (as fastai's `lr_find`); it stops when the loss diverges.")
+        with gr.Row():
+            find_button = gr.Button("Find a learning rate")
+            use_lr = gr.Button("Use the suggested LR", interactive=False)
+        finder_md = gr.Markdown()
+        finder_plot = gr.LinePlot(x="log10 lr", y="loss", title="Smoothed loss against the learning rate", height=260)
+        suggested = gr.State(None)
+    with gr.Row():
+        train = gr.Button("Train", variant="primary")
+        cancel = gr.Button("Cancel", variant="stop")
+    status = gr.Markdown()
+    epoch_table = gr.Dataframe(label="Epochs", interactive=False)
+    with gr.Row():
+        loss_plot = gr.LinePlot(x="epoch", y="loss", color="split", title="Loss", height=260)
+        acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="split", title="Accuracy", height=260)
+        lr_plot = gr.LinePlot(x="step", y="lr", color="curve", title="Head LR: used over planned", height=260)
+    metrics_md = gr.Markdown()
+    with gr.Row():
+        per_class = gr.Dataframe(label="Per class (validation)", interactive=False)
+        confusion = gr.Plot(label="Confusion matrix (validation)")
+    wrong = gr.Gallery(label="Misclassified validation photos", columns=6, height=260)
+    download = gr.DownloadButton("Download the run (zip)", visible=False)
+
+    # -- wiring
+    form = [arch, weights, weights_file, strategy, batch_size, image_size, head_lr_mult, head_epochs, optimizer, augment,
+            class_weighted, patience, val_fraction, seed, scheduler, params, lr, epochs, warmup, step_per]
+    source.change(pick_source, source, [zip_file, per_class_box, folder], queue=False)
+    weights.change(lambda w: gr.update(visible=w == "file"), weights, weights_file, queue=False)
+    add_class.click(lambda c: set_class_count(c, 1), class_count, [class_count, *class_rows], queue=False)
+    remove_class.click(lambda c: set_class_count(c, -1), class_count, [class_count, *class_rows], queue=False)
+    check.click(check_photos, [source, zip_file, folder, class_count, *class_names, *class_files],
+                [data_state, report_md, samples], api_visibility="private")
+    take_schedule.click(take_studio_schedule, current_schedule, [scheduler, params, lr, epochs, warmup, step_per],
+                        queue=False)
+    find_button.click(find_lr, [data_state, *form], [finder_plot, finder_md, suggested, use_lr], concurrency_limit=1,
+                      concurrency_id="training", api_visibility="private")
+    use_lr.click(lambda v: v, suggested, lr, queue=False)
+    train_outputs = [status, epoch_table, loss_plot, acc_plot, lr_plot, metrics_md, per_class, confusion, wrong,
+                     download, runs_changed]
+    train.click(train_model, [data_state, *form], train_outputs, concurrency_limit=1, concurrency_id="training",
+                api_visibility="private")
+    cancel.click(cancel_training, None, status, queue=False)
+
+    # /train for programs: a zip and the CLI's fields as a dict; hidden components keep uploads validated.
+    api_zip = gr.File(visible=False, file_types=[".zip"])
+    api_config = gr.JSON(visible=False)
+    api_result = gr.JSON(visible=False)
+    gr.Button(visible=False).click(train_api, [api_zip, api_config], api_result, api_name="train",
+                                   concurrency_limit=1, concurrency_id="training")
+
+
+def train_api(zip_path: str, config: dict, request: gr.Request) -> dict:
+    """API: train on a zipped photo folder with a config dict (the CLI's fields); returns the run id and metrics."""
+    if not zip_path:
+        raise gr.Error("Send the photos as a .zip file")
+    try:
+        train_config = TrainConfig.from_dict(config or {})
+        for kind, payload in run_training(zip_path, train_config, _session(request), threading.Event()):
+            if kind == "done":
+                run_id, result = payload
+                return {"run_id": run_id, "metrics": result.metrics}
+    except (TrainingFailed, ConfigError, ScheduleError) as exc:
+        raise gr.Error(str(exc)) from None
+
+
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="Transfer Studio") as demo:
         gr.Markdown("# Transfer Studio\nTransfer learning on your own photos: schedules, fine-tuning, serving.")
         current_schedule = gr.State(None)
+        runs_changed = gr.State(None)  # the newest run id; the classify tab refreshes its picker on change
         with gr.Tabs():
             with gr.Tab("Learning-rate schedules", id="schedules"):
                 draw_schedule = schedules_tab(current_schedule)
             with gr.Tab("Fine-tune", id="finetune"):
-                gr.Markdown("Fine-tuning in the browser is coming: the engine is available as `python -m trainer fit`.")
+                finetune_tab(current_schedule, runs_changed)
             with gr.Tab("Classify", id="classify"):
                 gr.Markdown("Classification with exported ONNX models is coming.")
         demo.load(*draw_schedule, api_visibility="private")

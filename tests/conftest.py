@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -17,6 +18,8 @@ COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
 # Two cores: let torch use both, and never more (tests also start app servers and subprocesses).
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The app keeps its runs under this folder; tests never write into the working tree.
+os.environ["TRANSFER_STUDIO_DATA_DIR"] = tempfile.mkdtemp(prefix="transfer-studio-test-")
 
 
 def write_photos(root: Path, per_class: int = 12, classes=("red", "green", "blue"), size=(40, 36), seed=0) -> Path:

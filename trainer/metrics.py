@@ -29,3 +29,28 @@ def classification_report(targets, predictions, labels: list[str], loss: float |
         "macro_f1": float(f1.mean()) if n else 0.0,
         "confusion_matrix": confusion.tolist(),
     }
+
+
+def confusion_figure(matrix, labels: list[str], title: str = "Confusion matrix"):
+    """A matplotlib figure of the confusion matrix (rows: true class, columns: predicted), counts in cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and Spaces
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(matrix)
+    size = 2.0 + 0.6 * len(labels)
+    figure = Figure(figsize=(size + 1, size))
+    axes = figure.subplots()
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    axes.set_yticks(range(len(labels)), labels)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (row, col), count in np.ndenumerate(matrix):
+        axes.text(col, row, int(count), ha="center", va="center", color="white" if count > threshold else "black")
+    figure.tight_layout()
+    return figure

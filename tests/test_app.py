@@ -1,0 +1,218 @@
+"""The Gradio app: its tab functions, and its API endpoints through gradio_client on a launched app."""
+
+import json
+import socket
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from gradio_client import Client
+
+import app
+from trainer.config import ScheduleConfig
+from trainer.schedules import ValLossShape
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    app.demo.queue()
+    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(url, verbose=False)
+    finally:
+        app.demo.close()
+
+
+def test_app_has_the_three_tabs():
+    labels = [block.label for block in app.demo.blocks.values() if block.__class__.__name__ == "Tab"]
+    assert labels == ["Learning-rate schedules", "Fine-tune", "Classify"]
+
+
+def test_form_values_become_a_schedule_config_with_blank_fields_left_to_defaults():
+    config = app.schedule_from_fields(
+        "MultiStepLR", 0.1, 20.0, 5.0, 2.0, "batch",
+        {("MultiStepLR", "milestones"): "[10, 40]", ("MultiStepLR", "gamma"): 0.5, ("StepLR", "step_size"): 3.0},
+    )
+    assert config == ScheduleConfig("MultiStepLR", 0.1, 20, 5, {"milestones": "[10, 40]", "gamma": 0.5}, 2, "batch")
+    blank = app.schedule_from_fields("CosineAnnealingLR", 0.1, 10, 1, 0, "epoch", {("CosineAnnealingLR", "T_max"): ""})
+    assert blank.params == {}
+
+
+def test_render_overlays_compared_schedules_and_shows_code_and_val_loss():
+    config = ScheduleConfig("ReduceLROnPlateau", 0.1, 12, 2, {"patience": 1})
+    compare = [{"label": "step", "lr": [0.1] * 24}]
+    frame, val_loss, code, message, lrs = app.render_schedule(config, ValLossShape(plateau_epoch=4), compare, False)
+    assert set(frame["schedule"]) == {"step", "current: ReduceLROnPlateau(patience=1)"}
+    assert len(frame) == 48 and len(val_loss) == 12 and len(lrs) == 24
+    assert "ReduceLROnPlateau(optimizer" in code and "24 optimizer steps" in message
+
+
+def test_log_scale_plots_log10_of_the_lr():
+    frame = app.curve_frame([("a", [1.0, 0.01])], log_scale=True)
+    assert frame["lr"].tolist() == [0.0, -2.0]
+
+
+def test_lr_curve_endpoint_through_gradio_client(client):
+    result = client.predict(
+        {"scheduler": "StepLR", "lr": 0.1, "epochs": 6, "steps_per_epoch": 2, "params": {"step_size": 2, "gamma": 0.5},
+         "warmup_epochs": 0, "step_per": "epoch"},
+        api_name="/lr_curve",
+    )
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    expected = []
+    for _ in range(6):
+        expected += [optimizer.param_groups[0]["lr"]] * 2
+        optimizer.step()
+        scheduler.step()
+    assert result["lr"] == expected
+
+
+def test_lr_curve_endpoint_answers_bad_parameters_with_their_message(client):
+    with pytest.raises(Exception, match="milestones must be strictly increasing"):
+        client.predict({"scheduler": "MultiStepLR", "params": {"milestones": [5, 2]}}, api_name="/lr_curve")
+
+
+# ---------------------------------------------------------------- the fine-tune tab's handlers
+
+from types import SimpleNamespace  # noqa: E402
+
+from conftest import ASSETS, write_photos, zip_folder  # noqa: E402
+
+
+def request(session: str):
+    return SimpleNamespace(session_hash=session, client=SimpleNamespace(host="127.0.0.1"))
+
+
+NO_CLASSES = [""] * app.MAX_CLASSES + [None] * app.MAX_CLASSES
+
+
+def form(**overrides):
+    """The settings form's values, in the tab's order: a tiny model that trains in seconds."""
+    values = dict(arch="resnet18", weights="none", weights_file=None, strategy="full", batch_size=8, image_size=32,
+                  head_lr_mult=10.0, head_epochs=1, optimizer="adamw", augment="none", class_weighted=False, patience=0,
+                  val_fraction=0.2, seed=0, scheduler="CosineAnnealingLR", params="{}", lr=1e-3, epochs=3, warmup=0,
+                  step_per="epoch")
+    values.update(overrides)
+    return list(values.values())
+
+
+@pytest.fixture(scope="module")
+def sample_zip(tmp_path_factory):
+    return str(zip_folder(ASSETS / "sample", tmp_path_factory.mktemp("zip") / "sample.zip"))
+
+
+def test_checking_the_sample_zip_shows_the_report_and_a_grid(sample_zip):
+    state, report, grid = app.check_photos("Zip file", sample_zip, "", 2, *NO_CLASSES, request=request("zip"))
+    assert "| hotdog |" in report and "| not_hotdog |" in report
+    assert state["report"]["labels"] == ["hotdog", "not_hotdog"]
+    assert len(grid["value"]) == 8 and {caption for _, caption in grid["value"]} == {"hotdog", "not_hotdog"}
+
+
+def test_per_class_upload_builds_class_folders(tmp_path):
+    write_photos(tmp_path, per_class=4)
+    names = ["Red berries", "Blue sky"] + [""] * (app.MAX_CLASSES - 2)
+    files = [sorted(str(p) for p in (tmp_path / c).iterdir()) for c in ("red", "blue")] + [None] * (app.MAX_CLASSES - 2)
+    state, report, _ = app.check_photos("Photos per class", None, "", 2, *names, *files, request=request("per-class"))
+    assert state["report"]["labels"] == ["Blue sky", "Red berries"]
+    assert sum(state["report"]["totals"].values()) == 8
+
+
+def test_bad_uploads_answer_with_a_message(tmp_path):
+    not_zip = tmp_path / "photos.zip"
+    not_zip.write_text("not a zip")
+    with pytest.raises(app.gr.Error, match="zip"):
+        app.check_photos("Zip file", str(not_zip), "", 2, *NO_CLASSES, request=request("bad"))
+    with pytest.raises(app.gr.Error, match="has no photos"):
+        names = ["only"] + [""] * (app.MAX_CLASSES - 1)
+        app.check_photos("Photos per class", None, "", 2, *names, *([None] * app.MAX_CLASSES), request=request("bad"))
+
+
+def test_server_folders_are_refused_when_the_request_is_not_local(tmp_path):
+    remote = SimpleNamespace(session_hash="remote", client=SimpleNamespace(host="203.0.113.9"))
+    with pytest.raises(app.gr.Error, match="own machine"):
+        app.check_photos("Folder on this computer", None, str(tmp_path), 2, *NO_CLASSES, request=remote)
+
+
+def test_lr_finder_handler_suggests_an_lr_for_the_form(tmp_path):
+    state, _, _ = app.check_photos("Folder on this computer", None, str(write_photos(tmp_path)), 2, *NO_CLASSES,
+                                   request=request("finder"))
+    frame, text, suggested, _ = app.find_lr(state, *form(strategy="linear-probe"), request=request("finder"))
+    assert len(frame) > 10 and suggested > 0 and "valley" in text
+
+
+def collect(generator):
+    outputs = list(generator)
+    return outputs, dict(zip(app.TRAIN_OUTPUTS, outputs[-1]))
+
+
+def test_training_streams_epochs_then_shows_results_and_a_download(tmp_path):
+    state, _, _ = app.check_photos("Folder on this computer", None, str(write_photos(tmp_path)), 2, *NO_CLASSES,
+                                   request=request("train"))
+    outputs, final = collect(app.train_model(state, *form(epochs=3), request=request("train")))
+    epochs = [dict(zip(app.TRAIN_OUTPUTS, o)) for o in outputs if isinstance(o[1], app.pd.DataFrame)]
+    assert [len(e["epoch_table"]) for e in epochs] == [1, 2, 3]
+    lr_used = epochs[-1]["lr_plot"]
+    assert set(lr_used["curve"]) == {"planned", "used"}
+    planned, used = (lr_used[lr_used["curve"] == c]["lr"].tolist() for c in ("planned", "used"))
+    assert used == planned  # the LR actually used is the planned schedule
+    assert "Validation accuracy" in final["metrics"]
+    assert list(final["per_class"]["label"]) == ["blue", "green", "red"]
+    assert final["confusion"].axes[0].get_title() == "Confusion matrix"
+    for path, caption in final["misclassified"]:
+        assert Path(path).is_file() and caption.startswith("predicted ")
+    archive = Path(final["download"]["value"])
+    names = zipfile.ZipFile(archive).namelist()
+    assert f"{final['run_id']}/model.onnx" in names and f"{final['run_id']}/config.json" in names
+    assert [r.run_id for r in app.STORE.runs("train")] == [final["run_id"]]
+
+
+def test_cancel_mid_training_keeps_the_best_model_and_the_app_answers(tmp_path):
+    state, _, _ = app.check_photos("Folder on this computer", None, str(write_photos(tmp_path)), 2, *NO_CLASSES,
+                                   request=request("cancel"))
+    generator = app.train_model(state, *form(epochs=30), request=request("cancel"))
+    for output in generator:
+        if isinstance(output[1], app.pd.DataFrame):  # the first epoch has finished
+            assert "Stopping" in app.cancel_training(request("cancel"))
+            break
+    final = dict(zip(app.TRAIN_OUTPUTS, list(generator)[-1]))
+    assert "Stopped: cancelled" in final["metrics"]
+    run = app.STORE.find(final["run_id"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["stopped"] == "cancelled" and metrics["epochs_run"] < 30
+    assert (run / "model.safetensors").is_file()
+    assert app.cancel_training(request("cancel")) == "Nothing is training in this session."
+    assert app.render_schedule(ScheduleConfig(), ValLossShape(), [], False)[4]  # the app still computes
+
+
+def test_studio_schedule_carries_over_to_the_fine_tune_form():
+    studio = ScheduleConfig("StepLR", 0.05, 7, 3, {"step_size": 2}, 1, "batch").to_dict()
+    assert app.take_studio_schedule(studio) == ("StepLR", '{"step_size": 2}', 0.05, 7, 1, "batch")
+
+
+def test_bad_settings_answer_with_a_message(tmp_path):
+    state = {"path": str(write_photos(tmp_path)), "report": {}}
+    with pytest.raises(app.gr.Error, match="batch_size must be at least 1"):
+        list(app.train_model(state, *form(batch_size=0), request=request("bad-settings")))
+    with pytest.raises(app.gr.Error, match="Scheduler parameters must be JSON"):
+        list(app.train_model(state, *form(params="{oops"), request=request("bad-settings")))
+    with pytest.raises(app.gr.Error, match="Check your photos first"):
+        list(app.train_model(None, *form(), request=request("bad-settings")))
+
+
+def test_train_endpoint_through_gradio_client(client, sample_zip):
+    from gradio_client import handle_file
+
+    config = {"weights": "none", "strategy": "full", "optimizer": "adamw", "lr": 1e-3, "epochs": 2, "image_size": 32,
+              "batch_size": 8, "augment": "none"}
+    result = client.predict(handle_file(sample_zip), config, api_name="/train")
+    assert result["metrics"]["val"]["count"] == 8
+    run = app.STORE.find(result["run_id"])
+    assert json.loads((run / "config.json").read_text())["train"]["schedule"]["epochs"] == 2
