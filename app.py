@@ -11,6 +11,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from models.backbones import WeightsUnavailable
+from models.runtime import ModelLoadError, OnnxClassifier, resolve_model
 from trainer.config import ARCHS, AUGMENTS, OPTIMIZERS, STRATEGIES, ConfigError, ScheduleConfig, TrainConfig
 from trainer.data import DataError, Dataset, assemble_class_folders, open_dataset
 from trainer.metrics import confusion_figure
@@ -622,6 +624,165 @@ def train_api(zip_path: str, config: dict, request: gr.Request) -> dict:
         raise gr.Error(str(exc)) from None
 
 
+# ---------------------------------------------------------------- classify tab: functions
+
+EXAMPLES = sorted(str(p) for p in (ASSETS / "examples").glob("*.jpg"))
+MODEL_SOURCES = ("A run trained here", "An uploaded .onnx file", "ImageNet ResNet-18")
+IMAGENET = "imagenet"  # the model reference of the default ImageNet classifier
+_classifiers: dict[tuple[str, float], OnnxClassifier] = {}
+_classifiers_lock = threading.Lock()
+
+
+def imagenet_model() -> Path:
+    """The torchvision ImageNet ResNet-18 exported once to ONNX, so the tab works before any training."""
+    from models.backbones import create_imagenet_classifier, preprocessing_for
+    from models.export import export_onnx
+
+    path = STORE.root / "imagenet-resnet18.onnx"
+    with _classifiers_lock:
+        if not path.is_file():
+            model, labels = create_imagenet_classifier("resnet18")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_onnx(model, labels, preprocessing_for("resnet18"), {"source": "torchvision ImageNet weights"}, path)
+    return path
+
+
+def model_path(ref: str, local_paths: bool) -> Path:
+    """The .onnx file for a model reference: a run id, "imagenet", hf://user/name, or (locally) a path."""
+    ref = (ref or "").strip()
+    if not ref:
+        raise ModelLoadError("Choose a model: train one in the Fine-tune tab, upload an .onnx file, or pick ImageNet")
+    if ref == IMAGENET:
+        return imagenet_model()
+    if ref.startswith("hf://"):
+        return resolve_model(ref)
+    try:
+        return resolve_model(STORE.find(ref))
+    except ValueError:
+        pass
+    if not local_paths:
+        raise ModelLoadError(f"Unknown model {ref!r}: give a run id from this app, or hf://user/name")
+    return resolve_model(ref)
+
+
+def classifier(path: Path) -> OnnxClassifier:
+    """One shared session per model file (ONNX Runtime sessions are thread-safe); reloaded when the file changes."""
+    key = (str(path), path.stat().st_mtime)
+    with _classifiers_lock:
+        if key not in _classifiers:
+            _classifiers[key] = OnnxClassifier(path)
+        return _classifiers[key]
+
+
+def classify_files(paths: list[str], ref: str, top_k: int, local_paths: bool) -> tuple[list[dict], str, float]:
+    """(per-photo results in order, provider, latency in ms) for photos on disk."""
+    model = classifier(model_path(ref, local_paths))
+    started = time.perf_counter()
+    results = model.predict_files(paths, top_k=int(top_k))
+    return results, model.provider, (time.perf_counter() - started) * 1000
+
+
+def _ref_from_tab(source: str, run_id: str | None, onnx_file: str | None) -> str:
+    if source == "An uploaded .onnx file":
+        return onnx_file or ""
+    return IMAGENET if source == "ImageNet ResNet-18" else (run_id or "")
+
+
+def classify_photo(image: str | None, source: str, run_id: str | None, onnx_file: str | None, top_k: int):
+    """Handler of Classify: (label scores for gr.Label, provider and latency)."""
+    if not image:
+        raise gr.Error("Add a photo first (upload, webcam or paste)")
+    try:
+        # A file uploaded through the tab is a trusted path; typed paths are for local use only.
+        results, provider, ms = classify_files([image], _ref_from_tab(source, run_id, onnx_file), top_k, True)
+    except (ModelLoadError, WeightsUnavailable) as exc:
+        raise gr.Error(str(exc)) from None
+    if "error" in results[0]:
+        raise gr.Error(results[0]["error"])
+    scores = {p["label"]: p["score"] for p in results[0]["predictions"]}
+    return scores, f"Provider: `{provider}`, {ms:.1f} ms for this photo (preprocessing included)."
+
+
+def classify_many(files: list[str] | None, source: str, run_id: str | None, onnx_file: str | None, top_k: int):
+    """Handler of Classify all: (a table, a gallery with the top label, a message)."""
+    if not files:
+        raise gr.Error("Add some photos first")
+    try:
+        results, provider, ms = classify_files(files, _ref_from_tab(source, run_id, onnx_file), top_k, True)
+    except (ModelLoadError, WeightsUnavailable) as exc:
+        raise gr.Error(str(exc)) from None
+    rows, gallery = [], []
+    for item in results:
+        name = Path(item["path"]).name
+        if "error" in item:
+            rows.append({"photo": name, "top label": None, "score": None, "also": item["error"]})
+            continue
+        top, *rest = item["predictions"]
+        rows.append({"photo": name, "top label": top["label"], "score": round(top["score"], 4),
+                     "also": ", ".join(f"{p['label']} {p['score']:.2f}" for p in rest)})
+        gallery.append((item["path"], f"{top['label']} ({top['score']:.0%})"))
+    return pd.DataFrame(rows), gallery, f"{len(files)} photos in {ms:.0f} ms on `{provider}`."
+
+
+def run_choices(request: gr.Request = None, newest: str | None = None):
+    runs = STORE.runs(_session(request))
+    choices = [(f"{r.run_id}: {r.summary}", r.run_id) for r in runs]
+    return gr.update(choices=choices, value=newest or (choices[0][1] if choices else None))
+
+
+def classify_api(image: str, model: str, top_k: float, request: gr.Request) -> dict:
+    """API: a photo, a model reference (run id, hf://user/name, "imagenet", or a path when local) and top_k."""
+    if not image:
+        raise gr.Error("Send a photo")
+    try:
+        results, provider, ms = classify_files([image], model, int(top_k or 5), _local_folders_allowed(request))
+    except (ModelLoadError, WeightsUnavailable) as exc:
+        raise gr.Error(str(exc)) from None
+    if "error" in results[0]:
+        raise gr.Error(results[0]["error"])
+    return {"predictions": results[0]["predictions"], "provider": provider, "latency_ms": round(ms, 3)}
+
+
+def classify_tab(runs_changed: gr.State) -> None:
+    gr.Markdown("Classify photos with an exported ONNX model, served by ONNX Runtime (CUDA when there is a GPU).")
+    with gr.Row():
+        with gr.Column(scale=1):
+            source = gr.Radio(list(MODEL_SOURCES), value=MODEL_SOURCES[0], label="Model")
+            run_id = gr.Dropdown(label="Run trained in this session", choices=[], allow_custom_value=False)
+            onnx_file = gr.File(label=".onnx model (made by this app)", file_types=[".onnx"], visible=False)
+            top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
+        with gr.Column(scale=2):
+            image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo", height=320)
+            classify = gr.Button("Classify", variant="primary")
+            gr.Examples(EXAMPLES, inputs=image, label="Example photos")
+        with gr.Column(scale=2):
+            scores = gr.Label(label="Top classes")
+            info = gr.Markdown()
+    with gr.Accordion("Many photos at once", open=False):
+        many = gr.File(file_count="multiple", file_types=["image"], label="Photos")
+        classify_all = gr.Button("Classify all")
+        many_info = gr.Markdown()
+        table = gr.Dataframe(interactive=False)
+        gallery = gr.Gallery(columns=6, height=260)
+
+    model_inputs = [source, run_id, onnx_file, top_k]
+    source.change(lambda s: (gr.update(visible=s == MODEL_SOURCES[0]), gr.update(visible=s == MODEL_SOURCES[1])),
+                  source, [run_id, onnx_file], queue=False)
+    runs_changed.change(run_choices, runs_changed, run_id, queue=False)
+    run_id.focus(run_choices, None, run_id, queue=False)
+    classify.click(classify_photo, [image, *model_inputs], [scores, info], concurrency_limit=4,
+                   concurrency_id="classify", api_visibility="private")
+    classify_all.click(classify_many, [many, *model_inputs], [table, gallery, many_info], concurrency_limit=4,
+                       concurrency_id="classify", api_visibility="private")
+
+    api_image = gr.Image(type="filepath", visible=False)
+    api_model = gr.Textbox(visible=False)
+    api_top_k = gr.Number(value=5, visible=False)
+    api_result = gr.JSON(visible=False)
+    gr.Button(visible=False).click(classify_api, [api_image, api_model, api_top_k], api_result, api_name="classify",
+                                   concurrency_limit=4, concurrency_id="classify")
+
+
 def build_app() -> gr.Blocks:
     with gr.Blocks(title="Transfer Studio") as demo:
         gr.Markdown("# Transfer Studio\nTransfer learning on your own photos: schedules, fine-tuning, serving.")
@@ -633,7 +794,7 @@ def build_app() -> gr.Blocks:
             with gr.Tab("Fine-tune", id="finetune"):
                 finetune_tab(current_schedule, runs_changed)
             with gr.Tab("Classify", id="classify"):
-                gr.Markdown("Classification with exported ONNX models is coming.")
+                classify_tab(runs_changed)
         demo.load(*draw_schedule, api_visibility="private")
         gr.api(lr_curve_api, api_name="lr_curve")
     return demo

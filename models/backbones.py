@@ -121,3 +121,10 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], arch: str) 
         detail = f"missing {missing[:3]}" if missing else f"wrong shapes for {wrong[:3]}"
         raise WeightsUnavailable(f"The weights file does not fit {arch}: {detail}")
     model.load_state_dict(state, strict=False)
+
+
+def create_imagenet_classifier(arch: str) -> tuple[nn.Module, list[str]]:
+    """The pretrained ResNet with its own 1000-class ImageNet head, and the class names."""
+    model: nn.Module = getattr(tv_models, _backbone(arch).builder)(weights=None)
+    model.load_state_dict(load_imagenet_state_dict(arch))
+    return model, list(imagenet_weights(arch).meta["categories"])

@@ -216,3 +216,97 @@ def test_train_endpoint_through_gradio_client(client, sample_zip):
     assert result["metrics"]["val"]["count"] == 8
     run = app.STORE.find(result["run_id"])
     assert json.loads((run / "config.json").read_text())["train"]["schedule"]["epochs"] == 2
+
+
+# ---------------------------------------------------------------- the classify tab and /classify
+
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+from models.runtime import OnnxClassifier  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained through the tab's own training path: (run id, photo folder)."""
+    photos = write_photos(tmp_path_factory.mktemp("classify") / "photos")
+    state, _, _ = app.check_photos("Folder on this computer", None, str(photos), 2, *NO_CLASSES, request=request("clf"))
+    final = dict(zip(app.TRAIN_OUTPUTS, list(app.train_model(state, *form(epochs=4), request=request("clf")))[-1]))
+    return final["run_id"], photos
+
+
+def test_classify_tab_answers_top_k_with_provider_and_latency(trained):
+    run_id, photos = trained
+    photo = str(photos / "red" / "red_00.jpg")
+    scores, info = app.classify_photo(photo, app.MODEL_SOURCES[0], run_id, None, 2)
+    assert len(scores) == 2 and sum(scores.values()) <= 1.0 + 1e-6
+    expected = OnnxClassifier(app.STORE.find(run_id) / "model.onnx").predict([photo], top_k=1)[0][0][0]
+    assert max(scores, key=scores.get) == expected
+    assert "CPUExecutionProvider" in info and " ms " in info
+
+
+def test_classifying_many_photos_lists_unreadable_ones(trained, tmp_path):
+    run_id, photos = trained
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    files = [str(photos / "green" / "green_01.jpg"), str(bad), str(photos / "blue" / "blue_02.jpg")]
+    table, gallery, message = app.classify_many(files, app.MODEL_SOURCES[0], run_id, None, 3)
+    assert list(table["photo"]) == ["green_01.jpg", "broken.jpg", "blue_02.jpg"]
+    assert "unreadable" in table["also"][1] and len(gallery) == 2 and "3 photos" in message
+
+
+def test_classify_without_a_model_or_photo_says_what_to_do(trained):
+    with pytest.raises(app.gr.Error, match="Choose a model"):
+        app.classify_photo(str(trained[1] / "red" / "red_00.jpg"), app.MODEL_SOURCES[0], None, None, 3)
+    with pytest.raises(app.gr.Error, match="Add a photo"):
+        app.classify_photo(None, app.MODEL_SOURCES[0], trained[0], None, 3)
+
+
+def test_runs_of_one_session_are_not_listed_in_another(trained):
+    assert trained[0] in [value for _, value in app.run_choices(request("clf"))["choices"]]
+    assert app.run_choices(request("someone-else"))["choices"] == []
+
+
+def test_classify_endpoint_through_gradio_client(client, trained):
+    from gradio_client import handle_file
+
+    run_id, photos = trained
+    photo = str(photos / "blue" / "blue_03.jpg")
+    result = client.predict(handle_file(photo), run_id, 3, api_name="/classify")
+    assert [p["label"] for p in result["predictions"]] == [
+        label for label, _ in OnnxClassifier(app.STORE.find(run_id) / "model.onnx").predict([photo], top_k=3)[0]]
+    assert result["provider"] == "CPUExecutionProvider" and result["latency_ms"] > 0
+
+
+def test_many_concurrent_classify_calls_all_answer_correctly(client, trained):
+    from gradio_client import handle_file
+
+    run_id, photos = trained
+    paths = sorted(str(p) for p in photos.rglob("*.jpg"))[:16]
+    expected = [top[0][0] for top in OnnxClassifier(app.STORE.find(run_id) / "model.onnx").predict(paths, top_k=1)]
+
+    def call(path):
+        return client.predict(handle_file(path), run_id, 1, api_name="/classify")["predictions"][0]["label"]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(call, paths)) == expected
+
+
+def test_classify_endpoint_refuses_unknown_models(client, trained):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match="No model at|Unknown model"):
+        client.predict(handle_file(str(trained[1] / "red" / "red_00.jpg")), "no-such-run", 3, api_name="/classify")
+
+
+def test_imagenet_default_model_is_exported_once_from_the_cached_weights(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    from models.backbones import imagenet_cache_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(app, "STORE", app.RunStore(tmp_path / "data"))
+    imagenet_cache_path("resnet18").parent.mkdir(parents=True)
+    torch.save(resnet18(weights=None).state_dict(), imagenet_cache_path("resnet18"))
+    scores, info = app.classify_photo(str(ASSETS / "examples" / "hotdog.jpg"), "ImageNet ResNet-18", None, None, 5)
+    assert len(scores) == 5
+    assert len(OnnxClassifier(tmp_path / "data" / "imagenet-resnet18.onnx").labels) == 1000

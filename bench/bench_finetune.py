@@ -1,0 +1,159 @@
+"""Benchmark: Transfer Studio's fit() against the plain tutorial loop, on a real photo folder.
+
+The baseline is the loop from the classic transfer-learning tutorials, written faithfully:
+`ImageFolder` + `DataLoader` decoding every JPEG every epoch, the frozen backbone run forward on
+every image every epoch, the head trained. Both sides use the same split, seed, head
+initialisation, batch order, optimizer and schedule, so the linear probe must end with the same
+head predictions. Each measurement runs in its own process so peak memory (max RSS) is its own.
+
+    python bench/bench_finetune.py --data ../shared/data/food4 --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def config_for(strategy: str, epochs: int, image_size: int):
+    from trainer.config import ScheduleConfig, TrainConfig
+
+    return TrainConfig(arch="resnet18", weights="none", strategy=strategy, augment="none", image_size=image_size,
+                       batch_size=32, seed=0, head_epochs=0, schedule=ScheduleConfig(lr=0.01, epochs=epochs))
+
+
+def run_ours(data: str, strategy: str, epochs: int, image_size: int) -> dict:
+    from trainer.train import fit
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        result = fit(data, config_for(strategy, epochs, image_size), Path(out) / "run", export=False)
+        train_images = json.loads((Path(out) / "run" / "data_report.json").read_text())["totals"]["train"]
+    val = sorted(result.predictions["val"])
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "predictions": [p[2] for p in val], "paths": [p[0] for p in val],
+            "val_accuracy": result.metrics["val"]["accuracy"], "images_per_second": train_images * epochs / seconds}
+
+
+def run_plain(data: str, strategy: str, epochs: int, image_size: int) -> dict:
+    """The tutorial loop. Only the split and the order of files are taken from our intake, for a fair comparison."""
+    import torch
+    from torch import nn
+    from torch.utils.data import ConcatDataset, DataLoader, Subset
+    from torchvision.datasets import ImageFolder
+
+    from models.backbones import create_model, preprocessing_for
+    from trainer.data import open_dataset
+
+    started = time.perf_counter()
+    config = config_for(strategy, epochs, image_size)
+    split = open_dataset(data, val_fraction=config.val_fraction, seed=config.seed).report
+    root = Path(split["root"])
+    transform = preprocessing_for("resnet18", image_size).torch_eval_transform()
+    split_dirs = ("train", "val", "valid") if (root / "train").is_dir() else ("",)
+    folders = {d: ImageFolder(str(root / d), transform=transform) for d in split_dirs if (root / d).is_dir()}
+    samples = [(folder, i, f"{d}/{Path(path).relative_to(root / d).as_posix()}".lstrip("/"))
+               for d, folder in folders.items() for i, (path, _) in enumerate(folder.samples)]
+    where = {rel: (folder, i) for folder, i, rel in samples}
+
+    def subset(rels):
+        return ConcatDataset([Subset(where[rel][0], [where[rel][1]]) for rel in rels])
+
+    train_set = subset([rel for rel, _ in split["files"]["train"]])
+    val_rels = [rel for rel, _ in split["files"]["val"]]
+    val_set = subset(val_rels)
+    classes = next(iter(folders.values())).classes
+    torch.manual_seed(config.seed)
+    model = create_model("resnet18", len(classes), "none")
+    frozen = strategy == "linear-probe"
+    for name, p in model.named_parameters():
+        p.requires_grad_(not frozen or name.startswith("fc."))
+    params = model.fc.parameters() if frozen else model.parameters()
+    optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    criterion = nn.CrossEntropyLoss()
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(config.seed))
+    for _ in range(epochs):
+        model.train()
+        if frozen:
+            model.eval()  # the tutorial's frozen backbone: BatchNorm statistics fixed
+        for x, y in loader:
+            if frozen:
+                with torch.no_grad():
+                    features = torch.flatten(model.avgpool(model.layer4(model.layer3(model.layer2(model.layer1(
+                        model.maxpool(model.relu(model.bn1(model.conv1(x))))))))), 1)
+                logits = model.fc(features)
+            else:
+                logits = model(x)
+            loss = criterion(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    model.eval()
+    predictions = []
+    with torch.no_grad():
+        for x, _ in DataLoader(val_set, batch_size=config.batch_size):
+            predictions += model(x).argmax(1).tolist()
+    targets = [where[rel][0].samples[where[rel][1]][1] for rel in val_rels]
+    seconds = time.perf_counter() - started
+    order = sorted(range(len(val_rels)), key=lambda i: val_rels[i])
+    return {"seconds": seconds, "predictions": [predictions[i] for i in order], "paths": [val_rels[i] for i in order],
+            "val_accuracy": sum(p == t for p, t in zip(predictions, targets)) / len(targets),
+            "images_per_second": len(train_set) * epochs / seconds}
+
+
+def measure(side: str, data: str, strategy: str, epochs: int, image_size: int) -> dict:
+    """One measurement in a fresh process: its time, predictions and peak memory."""
+    done = subprocess.run([sys.executable, __file__, "--one", side, "--data", data, "--strategy", strategy,
+                           "--epochs", str(epochs), "--image-size", str(image_size)],
+                          capture_output=True, text=True, check=True, cwd=ROOT)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "food4"))
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--finetune-epochs", type=int, default=2, help="epochs for the unfrozen throughput runs")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--strategy", default="linear-probe")
+    parser.add_argument("--one", choices=("ours", "plain"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        result = (run_ours if args.one == "ours" else run_plain)(args.data, args.strategy, args.epochs, args.image_size)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+
+    print(f"data {args.data}, resnet18 (weights none), {args.image_size}px, {os.cpu_count()} CPU cores, seed 0, no augmentation")
+    ours = measure("ours", args.data, "linear-probe", args.epochs, args.image_size)
+    plain = measure("plain", args.data, "linear-probe", args.epochs, args.image_size)
+    assert ours["paths"] == plain["paths"]
+    same = sum(a == b for a, b in zip(ours["predictions"], plain["predictions"])) / len(ours["predictions"])
+    print(f"linear-probe, {args.epochs} epochs: ours {ours['seconds']:.1f}s, plain loop {plain['seconds']:.1f}s, "
+          f"speed-up {plain['seconds'] / ours['seconds']:.1f}x; same head predictions on {same:.1%} of val photos; "
+          f"val acc {ours['val_accuracy']:.3f} vs {plain['val_accuracy']:.3f}; "
+          f"peak RSS {ours['peak_rss_mb']:.0f} MB vs {plain['peak_rss_mb']:.0f} MB")
+    for strategy in ("finetune", "full"):
+        ours = measure("ours", args.data, strategy, args.finetune_epochs, args.image_size)
+        plain = measure("plain", args.data, "full", args.finetune_epochs, args.image_size)
+        print(f"{strategy}, {args.finetune_epochs} epochs: ours {ours['images_per_second']:.1f} img/s, "
+              f"plain unfrozen loop {plain['images_per_second']:.1f} img/s, "
+              f"ratio {ours['images_per_second'] / plain['images_per_second']:.2f}x; "
+              f"peak RSS {ours['peak_rss_mb']:.0f} MB vs {plain['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
