@@ -472,7 +472,7 @@ def train_model(data, *form, request: gr.Request = None, progress=gr.Progress())
                     status=f"Run `{run_id}` finished.",
                     metrics=metrics_markdown(result),
                     per_class=per_class_frame(result.metrics["val"]),
-                    confusion=confusion_figure(result.metrics["val"]["confusion_matrix"], result.labels),
+                    confusion=confusion_figure([("Validation", result.metrics["val"]["confusion_matrix"])], result.labels),
                     misclassified=misclassified(result, Path(data["report"]["root"])),
                     download=gr.update(value=str(STORE.zip_run(result.run_dir)), visible=True),
                     run_id=run_id,

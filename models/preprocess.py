@@ -126,14 +126,15 @@ def load_rgb(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
         image.seek(0)
         image.load()
         image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        return to_rgb(image)
     except Image.DecompressionBombError:
         raise UnreadableImage(f"too large ({width} x {height} pixels)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise UnreadableImage(f"truncated or corrupt ({exc})") from None
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: 16-bit greys scaled, transparency composited on white."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -165,7 +165,7 @@ def test_training_streams_epochs_then_shows_results_and_a_download(tmp_path):
     assert used == planned  # the LR actually used is the planned schedule
     assert "Validation accuracy" in final["metrics"]
     assert list(final["per_class"]["label"]) == ["blue", "green", "red"]
-    assert final["confusion"].axes[0].get_title() == "Confusion matrix"
+    assert final["confusion"].axes[0].get_title().startswith("Validation (")
     for path, caption in final["misclassified"]:
         assert Path(path).is_file() and caption.startswith("predicted ")
     archive = Path(final["download"]["value"])

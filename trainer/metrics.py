@@ -31,26 +31,31 @@ def classification_report(targets, predictions, labels: list[str], loss: float |
     }
 
 
-def confusion_figure(matrix, labels: list[str], title: str = "Confusion matrix"):
-    """A matplotlib figure of the confusion matrix (rows: true class, columns: predicted), counts in cells."""
-    import matplotlib
+def confusion_figure(panels: list[tuple[str, list[list[int]]]], labels: list[str]):
+    """A matplotlib figure of one or more confusion matrices [(title, matrix)]: rows true, columns predicted.
 
-    matplotlib.use("Agg")  # no display on servers and Spaces
+    Built without pyplot (no global state, safe in worker threads); the UI shows it, the Hub gets a PNG.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    matrix = np.asarray(matrix)
-    size = 2.0 + 0.6 * len(labels)
-    figure = Figure(figsize=(size + 1, size))
-    axes = figure.subplots()
-    image = axes.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-    axes.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    axes.set_yticks(range(len(labels)), labels)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (row, col), count in np.ndenumerate(matrix):
-        axes.text(col, row, int(count), ha="center", va="center", color="white" if count > threshold else "black")
-    figure.tight_layout()
+    n = len(labels)
+    side = min(14.0, max(4.0, 0.45 * n + 2.5))
+    figure = Figure(figsize=(side * max(1, len(panels)), side), layout="constrained")
+    FigureCanvasAgg(figure)
+    font = max(5, min(10, int(120 / max(n, 1))))
+    for index, (title, matrix) in enumerate(panels, start=1):
+        axes = figure.add_subplot(1, len(panels), index)
+        matrix = np.asarray(matrix)
+        axes.imshow(matrix, cmap="Blues")
+        peak = matrix.max(initial=0) or 1
+        if n <= 30:  # numbers in the cells stay readable up to about this many classes
+            for (row, col), count in np.ndenumerate(matrix):
+                colour = "white" if count > peak / 2 else "black"
+                axes.text(col, row, str(int(count)), ha="center", va="center", color=colour, fontsize=font)
+        axes.set_xticks(range(n), labels, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=font)
+        axes.set_yticks(range(n), labels, fontsize=font)
+        axes.set_xlabel("predicted")
+        axes.set_ylabel("true")
+        axes.set_title(f"{title} ({int(matrix.sum())} photos)")
     return figure

@@ -1,0 +1,372 @@
+"""ONNX export: one self-contained model.onnx per run, checked against PyTorch; fp16 and INT8 variants.
+
+export_onnx() writes the file (weights inside, dynamic batch, labels / preprocessing / config in its
+metadata) and refuses to leave it behind unless ONNX Runtime reproduces PyTorch. export_run() does
+that for a run folder, adds the optional variants, and records every figure in metrics.json["export"].
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.atomic import write_bytes, write_json
+from models.backbones import create_model
+from models.preprocess import PreprocessSpec, UnreadableImage, load_rgb
+from models.runtime import INPUT_NAME, LOGITS_NAME, METADATA_KEYS, ModelLoadError, OnnxClassifier
+
+OPSET = 20
+VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# A variant passes when it is within these of its reference (PyTorch for fp32, the fp32 ONNX for the others).
+TARGETS = {
+    "fp32": {"max_abs_logit_diff": 1e-4, "min_top1_agreement": 1.0},
+    "fp16": {"max_abs_logit_diff": 0.05, "min_top1_agreement": 0.995},
+    # Accuracy may drop by 1 point, or by one image on sets under 100 (1 point is less than an image there).
+    "int8": {"min_top1_agreement": 0.95, "max_accuracy_drop": 0.01},
+}
+INT8_METHOD = (
+    "static QDQ (onnxruntime.quantization): per-channel int8 weights, uint8 activations, "
+    "MinMax calibration on {n} validation inputs"
+)
+_BATCH = 32  # inputs per forward pass during checks: bounds memory for large validation sets
+
+
+class ExportError(RuntimeError):
+    """An export that cannot be produced or that failed its parity check; the message says which and why."""
+
+
+class _WithProbabilities(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        logits = self.model(x)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def export_onnx(
+    model: nn.Module,
+    labels: list[str],
+    spec: PreprocessSpec,
+    config: dict,
+    path: str | Path,
+    opset: int = OPSET,
+    check_inputs: np.ndarray | None = None,
+) -> dict:
+    """Export `model` (eval mode, on CPU) to one .onnx file at `path` and check it against PyTorch.
+
+    Outputs "logits" and "probabilities" for inputs "input" [batch, 3, crop, crop]. The check runs
+    ONNX Runtime's CPU provider on `check_inputs` (NCHW float32; two random inputs when None) and
+    returns {"max_abs_logit_diff", "top1_agreement", ...}; a failing file is removed and ExportError raised.
+    """
+    path = Path(path)
+    model = _cpu_eval_copy(model)
+    if check_inputs is None:
+        check_inputs = np.random.default_rng(0).standard_normal((2, 3, spec.crop, spec.crop), dtype=np.float32)
+    reference = _torch_logits(model, check_inputs)
+    if reference.shape[1] != len(labels):
+        raise ExportError(f"{len(labels)} labels for a model with {reference.shape[1]} outputs")
+    example = torch.zeros(2, 3, spec.crop, spec.crop)  # batch 2: a batch of 1 could be specialised away
+    try:
+        program = torch.onnx.export(
+            _WithProbabilities(model).eval(),
+            (example,),
+            None,  # we serialise the proto ourselves: one file, written atomically
+            dynamo=True,
+            external_data=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[LOGITS_NAME, "probabilities"],
+            dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+            verbose=False,
+        )
+    except Exception as exc:
+        raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
+    proto = program.model_proto
+    _set_metadata(proto, labels, spec, config)
+    write_bytes(path, proto.SerializeToString())
+    try:
+        record, _ = _check_variant("fp32", path, check_inputs, reference, reference_name="torch")
+    except ModelLoadError as exc:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export removed, the runtime cannot load it: {exc}") from None
+    if not record["passed"]:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export removed, it does not match PyTorch: {record['failure']}")
+    return record
+
+
+def export_run(
+    run_dir: str | Path,
+    inputs: np.ndarray | None = None,
+    targets: np.ndarray | None = None,
+    fp16: bool = False,
+    int8: bool = False,
+) -> dict:
+    """Export a run folder's model to model.onnx (+ model.fp16.onnx, model.int8.onnx) and check each.
+
+    `inputs`: preprocessed NCHW float32 validation inputs, `targets` their label indices; by default
+    the validation photos listed in data_report.json. Returns the record merged into
+    metrics.json["export"]. Raises ExportError when the fp32 model cannot be exported faithfully;
+    a variant that misses its targets is removed and recorded as failed.
+    """
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise ExportError(f"Run folder {run} does not exist")
+    config = _read_json(run / "config.json", "the run's configuration")
+    try:
+        labels = list(config["labels"])
+        spec = PreprocessSpec.from_dict(config["preprocessing"])
+        arch = config["train"]["arch"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ExportError(f"{run / 'config.json'} is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+    model = _load_model(run, arch, len(labels))
+    source = "given"
+    if inputs is None:
+        inputs, targets = _validation_inputs(run, labels, spec)
+        source = "data_report.json val"
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    targets = None if targets is None else np.asarray(targets)
+    if inputs.ndim != 4 or not len(inputs) or (targets is not None and targets.shape != (len(inputs),)):
+        shapes = f"inputs {inputs.shape}" + ("" if targets is None else f", targets {targets.shape}")
+        raise ExportError(f"Expected N >= 1 preprocessed inputs (N, 3, H, W) and N targets, got {shapes}")
+
+    fp32_path = run / VARIANT_FILES["fp32"]
+    parity = export_onnx(model, labels, spec, config, fp32_path, check_inputs=inputs)
+    fp32_logits = _onnx_logits(fp32_path, inputs)
+    variants = {"fp32": {**parity, **_accuracy(fp32_logits, targets)}}
+    for kind, wanted in (("fp16", fp16), ("int8", int8)):
+        if wanted:
+            variants[kind] = _make_variant(kind, run, fp32_path, inputs, fp32_logits, targets)
+
+    metrics_path = run / "metrics.json"
+    metrics = _read_json(metrics_path, "the run's metrics") if metrics_path.exists() else {}
+    # Variants exported earlier and not redone stay listed while their files exist (same weights).
+    previous = (metrics.get("export") or {}).get("variants", {})
+    kept = {name: rec for name, rec in previous.items() if name not in variants and (run / rec.get("file", "")).is_file()}
+    record = {
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "onnxruntime": _ort_version(),
+        "inputs": {"count": int(len(inputs)), "source": source, "labelled": targets is not None},
+        "variants": {**variants, **kept},
+    }
+    write_json(metrics_path, {**metrics, "export": record})
+    return record
+
+
+def _make_variant(kind, run, fp32_path, inputs, fp32_logits, targets) -> dict:
+    path = run / VARIANT_FILES[kind]
+    try:
+        if kind == "fp16":
+            write_fp16(fp32_path, path)
+        else:
+            write_int8(fp32_path, path, inputs)
+    except Exception as exc:  # converter and quantizer failures are many and version-specific
+        return {"file": path.name, "passed": False, "failure": f"conversion failed: {type(exc).__name__}: {exc}"}
+    try:
+        record, logits = _check_variant(kind, path, inputs, fp32_logits, reference_name="fp32")
+    except Exception as exc:  # e.g. fp16 kernels the CPU provider lacks: the file is still meant for CUDA
+        return {
+            "file": path.name,
+            "size_bytes": path.stat().st_size,
+            "passed": None,
+            "failure": f"not evaluated, ONNX Runtime's CPU provider could not run it: {exc}",
+        }
+    record.update(_accuracy(logits, targets, baseline=fp32_logits))
+    if kind == "int8":
+        record["method"] = INT8_METHOD.format(n=len(inputs))
+        if "accuracy_change" in record:
+            allowed = max(TARGETS["int8"]["max_accuracy_drop"], 1.0 / len(targets))
+            if record["accuracy_change"] < -allowed - 1e-9:
+                failure = f"accuracy dropped by {-record['accuracy_change']:.3f} (allowed {allowed:.3f})"
+                record.update(passed=False, failure="; ".join(filter(None, [record.get("failure"), failure])))
+    if not record["passed"]:
+        path.unlink(missing_ok=True)
+    return record
+
+
+def write_fp16(fp32_path: str | Path, path: str | Path) -> None:
+    """fp16 weights and compute (meant for CUDA), float32 input and outputs; metadata copied from fp32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    source = onnx.load(str(fp32_path))
+    # keep_io_types: callers still pass and receive float32; the casts sit inside the graph.
+    proto = convert_float_to_float16(source, keep_io_types=True)
+    _copy_metadata(source, proto)
+    write_bytes(path, proto.SerializeToString())
+
+
+def write_int8(fp32_path: str | Path, path: str | Path, calibration_inputs: np.ndarray) -> None:
+    """Static INT8 quantization (QDQ, per-channel weights) calibrated on preprocessed NCHW inputs."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibration_inputs = np.ascontiguousarray(calibration_inputs, dtype=np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._starts = iter(range(0, len(calibration_inputs), _BATCH))
+
+        def get_next(self):
+            start = next(self._starts, None)
+            return None if start is None else {INPUT_NAME: calibration_inputs[start : start + _BATCH]}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        # Shape inference and graph fusions first, so the quantizer sees the graph ORT will run.
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(quantized),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            # uint8 activations x int8 weights is the pairing ORT's CPU kernels fuse into fast int8
+            # convolutions; int8 x int8 measured 3-4x slower than this on an AVX-512 VNNI CPU.
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+        proto = onnx.load(str(quantized))
+    _copy_metadata(onnx.load(str(fp32_path)), proto)
+    write_bytes(path, proto.SerializeToString())
+
+
+def _check_variant(kind: str, path: Path, inputs: np.ndarray, reference: np.ndarray, reference_name: str):
+    logits = _onnx_logits(path, inputs)
+    diff = float(np.abs(logits - reference).max())
+    agreement = float((logits.argmax(1) == reference.argmax(1)).mean())
+    targets = TARGETS[kind]
+    failures = []
+    if diff >= targets.get("max_abs_logit_diff", np.inf):
+        failures.append(f"max |logit diff| {diff:.3g} vs {reference_name} (target < {targets['max_abs_logit_diff']})")
+    if agreement < targets["min_top1_agreement"]:
+        failures.append(f"top-1 agreement {agreement:.2%} with {reference_name} (target >= {targets['min_top1_agreement']:.1%})")
+    record = {
+        "file": path.name,
+        "size_bytes": path.stat().st_size,
+        "reference": reference_name,
+        "max_abs_logit_diff": diff,
+        "top1_agreement": agreement,
+        "passed": not failures,
+        "targets": targets,
+    }
+    if failures:
+        record["failure"] = "; ".join(failures)
+    return record, logits
+
+
+def _accuracy(logits: np.ndarray, targets: np.ndarray | None, baseline: np.ndarray | None = None) -> dict:
+    if targets is None:
+        return {}
+    accuracy = float((logits.argmax(1) == targets).mean())
+    if baseline is None:
+        return {"accuracy": accuracy}
+    return {"accuracy": accuracy, "accuracy_change": accuracy - float((baseline.argmax(1) == targets).mean())}
+
+
+def _onnx_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
+    # Loading through the runtime also proves the metadata and input signature are what it accepts.
+    classifier = OnnxClassifier(path, providers="cpu")
+    return np.concatenate([classifier.predict_arrays(inputs[i : i + _BATCH]) for i in range(0, len(inputs), _BATCH)])
+
+
+def _torch_logits(model: nn.Module, inputs: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return np.concatenate(
+            [model(torch.from_numpy(inputs[i : i + _BATCH])).numpy() for i in range(0, len(inputs), _BATCH)]
+        )
+
+
+def _set_metadata(proto, labels: list[str], spec: PreprocessSpec, config: dict) -> None:
+    _put_metadata(
+        proto, {"labels": json.dumps(list(labels)), "preprocessing": json.dumps(spec.to_dict()), "config": json.dumps(config)}
+    )
+
+
+def _copy_metadata(source, proto) -> None:
+    """Our metadata from `source` onto `proto` (converters keep or replace metadata_props inconsistently)."""
+    _put_metadata(proto, {p.key: p.value for p in source.metadata_props if p.key in METADATA_KEYS})
+
+
+def _put_metadata(proto, values: dict[str, str]) -> None:
+    kept = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in values.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def _cpu_eval_copy(model: nn.Module) -> nn.Module:
+    """The model in eval mode on CPU, copied when that would change the caller's model."""
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    if on_cpu and not model.training:
+        return model
+    return copy.deepcopy(model).cpu().eval()
+
+
+def _load_model(run: Path, arch: str, num_classes: int) -> nn.Module:
+    from safetensors.torch import load_file
+
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise ExportError(f"{run} has no model.safetensors: the run has not finished training")
+    model = create_model(arch, num_classes, "none")
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as exc:  # safetensors header errors and state-dict mismatches alike
+        raise ExportError(f"{weights} does not hold a {arch} with {num_classes} classes: {exc}") from None
+    return model.eval()
+
+
+def _validation_inputs(run: Path, labels: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
+    report = _read_json(run / "data_report.json", "the list of validation photos")
+    try:
+        root = Path(report["root"])
+        files = report["files"]["val"]
+    except (KeyError, TypeError):
+        raise ExportError(f"{run / 'data_report.json'} lists no validation photos (files.val)") from None
+    if not files:
+        raise ExportError(f"{run / 'data_report.json'} lists no validation photos to check the export on")
+    missing = [rel for rel, _ in files if not (root / rel).is_file()]
+    if missing:
+        raise ExportError(
+            f"{len(missing)} of {len(files)} validation photos are gone from {root} (first: {missing[0]}); "
+            "the export is checked on them, so restore the dataset folder or pass inputs explicitly"
+        )
+    index = {label: i for i, label in enumerate(labels)}
+    arrays, targets = [], []
+    for rel, label in files:
+        try:
+            arrays.append(spec.to_array(load_rgb(root / rel)))
+        except UnreadableImage as exc:
+            raise ExportError(f"Validation photo {root / rel} cannot be read: {exc}") from None
+        if label not in index:
+            raise ExportError(f"Validation photo {rel} has label {label!r}, which is not among the run's labels")
+        targets.append(index[label])
+    return np.stack(arrays), np.asarray(targets)
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ExportError(f"{path} is missing ({what}); is {path.parent} a run folder?") from None
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"{path} cannot be read: {exc}") from None
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__

@@ -1,0 +1,268 @@
+"""Serving an exported model with ONNX Runtime: OnnxClassifier, execution-provider choice, model references.
+
+Imports no torch (directly or through another module): a server needs only onnxruntime, numpy and
+PIL. Preprocessing is the PreprocessSpec stored in the .onnx file's metadata, the one training used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from models.preprocess import PreprocessSpec, UnreadableImage, load_rgb, to_rgb
+
+# The metadata_props keys every exported model carries (models.export writes them).
+METADATA_KEYS = ("labels", "preprocessing", "config")
+INPUT_NAME = "input"
+LOGITS_NAME = "logits"
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+
+# HEURISTIC: EXHAUSTIVE would benchmark conv algorithms again for every new batch size a server sees.
+CUDA_PROVIDER_OPTIONS = {
+    "device_id": 0,
+    "cudnn_conv_algo_search": "HEURISTIC",
+    "prefer_nhwc": "1",
+    "do_copy_in_default_stream": "1",
+}
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be served; the message says which file and what is wrong with it."""
+
+
+def resolve_model(ref: str | os.PathLike) -> Path:
+    """The .onnx file a model reference names: an .onnx path, or a run folder (its model.onnx).
+
+    An existing path always wins; `hf://user/name` downloads the repo's model.onnx (cached by huggingface_hub).
+    """
+    path = Path(ref)
+    if path.is_dir():
+        model = path / "model.onnx"
+        if not model.is_file():
+            raise ModelLoadError(
+                f"{path} has no model.onnx; export the run first: python -m models export {path}"
+            )
+        return model
+    if path.is_file():
+        return path
+    if str(ref).startswith("hf://"):
+        from models.hub import HubError, download_model
+
+        try:
+            return download_model(str(ref))
+        except HubError as exc:
+            raise ModelLoadError(str(exc)) from None
+    raise ModelLoadError(f"No model at {ref}: expected an .onnx file or a run folder")
+
+
+def available_threads() -> int:
+    """CPU cores this process may use (its affinity mask, which containers and taskset narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_status() -> tuple[bool, str]:
+    """(usable, reason): whether ONNX Runtime's CUDA provider can run here, checked without error logs.
+
+    Asking ORT for CUDA on a machine without a driver logs errors before it falls back, so the
+    driver and a device are checked first through libcuda itself.
+    """
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDA execution provider (install onnxruntime-gpu)"
+    try:
+        libcuda = ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False, "no NVIDIA driver found (libcuda could not be loaded)"
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return False, "the NVIDIA driver reports no usable GPU"
+    if hasattr(ort, "preload_dlls"):
+        # Finds the CUDA/cuDNN libraries that pip's nvidia-* wheels (torch's) installed. It prints
+        # warnings to stdout, which must stay clean for `predict --json`.
+        with contextlib.redirect_stdout(sys.stderr):
+            ort.preload_dlls()
+    return True, ""
+
+
+def _providers_for(choice: str) -> list:
+    if choice not in PROVIDER_CHOICES:
+        raise ValueError(f"Invalid providers {choice!r}. Choose one of: {', '.join(PROVIDER_CHOICES)}")
+    if choice == "cpu":
+        return ["CPUExecutionProvider"]
+    usable, reason = cuda_status()
+    if usable:
+        return [("CUDAExecutionProvider", dict(CUDA_PROVIDER_OPTIONS)), "CPUExecutionProvider"]
+    if choice == "cuda":
+        raise ModelLoadError(f"CUDA was requested but cannot be used: {reason}")
+    return ["CPUExecutionProvider"]
+
+
+def _ort_message(exc: Exception) -> str:
+    """ORT's error text without its error-code prefix and C++ source location."""
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:)?", "", str(exc).strip())
+    return re.sub(r"\S+\.(?:cc|h):\d+ \S+\(.*?\) ", "", text)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+class OnnxClassifier:
+    """An exported classifier: labels, preprocessing and config read from the .onnx file itself.
+
+    Safe to share between threads: InferenceSession.run is thread-safe and each IO-binding call
+    makes its own binding.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | bytes,
+        providers: str = "auto",
+        intra_op_threads: int | None = None,
+        use_io_binding: bool | None = None,
+    ):
+        import onnxruntime as ort
+
+        self.name = "the model bytes" if isinstance(model, bytes) else str(model)
+        if not isinstance(model, bytes):
+            path = Path(model)
+            if path.is_dir():
+                raise ModelLoadError(f"{path} is a folder; pass its .onnx file (resolve_model finds it)")
+            if not path.is_file():
+                raise ModelLoadError(f"Model file {path} does not exist")
+            model = str(path)
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads or available_threads()
+        options.log_severity_level = 3  # errors only: no provider-fallback or node-placement warnings
+        provider_list = _providers_for(providers)
+        try:
+            self.session = ort.InferenceSession(model, options, providers=provider_list)
+        except Exception as exc:  # ORT raises InvalidProtobuf, Fail, InvalidGraph... for unusable files
+            if type(exc).__name__ == "InvalidProtobuf":
+                raise ModelLoadError(f"{self.name} is not an ONNX model, or it is truncated") from None
+            raise ModelLoadError(f"{self.name} cannot be loaded by ONNX Runtime: {_ort_message(exc)}") from None
+        self.provider = self.session.get_providers()[0]
+        if providers == "cuda" and self.provider != "CUDAExecutionProvider":
+            raise ModelLoadError("CUDA was requested but ONNX Runtime could not start its CUDA provider")
+        self.labels, self.spec, self.config = self._read_metadata()
+        self._check_signature()
+        self.use_io_binding = self.provider == "CUDAExecutionProvider" if use_io_binding is None else use_io_binding
+        self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self._device_id = CUDA_PROVIDER_OPTIONS["device_id"] if self._device == "cuda" else 0
+
+    def _read_metadata(self) -> tuple[list[str], PreprocessSpec, dict]:
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [key for key in METADATA_KEYS if key not in meta]
+        if missing:
+            raise ModelLoadError(
+                f"{self.name} lacks the {', '.join(repr(k) for k in missing)} metadata: it was not exported by "
+                "Transfer Studio (python -m models export RUN_DIR writes it)"
+            )
+        try:
+            labels = json.loads(meta["labels"])
+            spec = PreprocessSpec.from_dict(json.loads(meta["preprocessing"]))
+            config = json.loads(meta["config"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(f"{self.name} has malformed metadata: {type(exc).__name__}: {exc}") from None
+        if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
+            raise ModelLoadError(f"{self.name}: the 'labels' metadata must be a non-empty list of names")
+        if len(set(labels)) != len(labels):
+            raise ModelLoadError(f"{self.name}: the 'labels' metadata repeats a name")
+        if not isinstance(config, dict):
+            raise ModelLoadError(f"{self.name}: the 'config' metadata must be a JSON object")
+        return labels, spec, config
+
+    def _check_signature(self) -> None:
+        inputs = self.session.get_inputs()
+        expected = ["N", 3, self.spec.crop, self.spec.crop]
+        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != "tensor(float)":
+            found = [(i.name, i.type) for i in inputs]
+            raise ModelLoadError(f"{self.name} should take one float32 input named {INPUT_NAME!r}, found {found}")
+        shape = inputs[0].shape
+        if len(shape) != 4 or shape[1:] != expected[1:]:
+            raise ModelLoadError(
+                f"{self.name} takes input of shape {shape}, but its preprocessing produces {expected} "
+                f"(crop {self.spec.crop})"
+            )
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        if LOGITS_NAME not in outputs:
+            raise ModelLoadError(f"{self.name} has no {LOGITS_NAME!r} output (outputs: {sorted(outputs)})")
+        classes = outputs[LOGITS_NAME][-1]
+        if isinstance(classes, int) and classes != len(self.labels):
+            raise ModelLoadError(f"{self.name} outputs {classes} classes but its metadata lists {len(self.labels)} labels")
+
+    def preprocess(self, image: Image.Image | str | os.PathLike) -> np.ndarray:
+        """A PIL image or a photo's path -> the (3, crop, crop) float32 input; UnreadableImage if unusable."""
+        if isinstance(image, Image.Image):
+            image = image if image.mode == "RGB" else to_rgb(image)
+        else:
+            image = load_rgb(image)
+        return self.spec.to_array(image)
+
+    def predict_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed NCHW float32 inputs -> logits, shape (N, num_classes)."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        expected = (3, self.spec.crop, self.spec.crop)
+        if batch.ndim != 4 or batch.shape[1:] != expected:
+            raise ValueError(f"Expected a batch of shape (N, {', '.join(map(str, expected))}), got {batch.shape}")
+        if not self.use_io_binding:
+            return self.session.run([LOGITS_NAME], {INPUT_NAME: batch})[0]
+        import onnxruntime as ort
+
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input(INPUT_NAME, ort.OrtValue.ortvalue_from_numpy(batch, self._device, self._device_id))
+        binding.bind_output(LOGITS_NAME, self._device, self._device_id)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def predict(self, images, top_k: int = 5, batch_size: int = 32) -> list[list[tuple[str, float]]]:
+        """PIL images or paths -> for each, the top_k (label, probability) pairs, most likely first."""
+        images = list(images)
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            logits = self.predict_arrays(np.stack([self.preprocess(image) for image in chunk]))
+            results.extend(self._top_k(softmax(logits), top_k))
+        return results
+
+    def predict_files(self, paths, top_k: int = 5, batch_size: int = 32) -> list[dict]:
+        """For each path, in order: {"path", "predictions": [{"label", "score"}]} or {"path", "error"}."""
+        paths = [str(p) for p in paths]
+        results: list[dict] = []
+        for start in range(0, len(paths), batch_size):
+            chunk = [{"path": p} for p in paths[start : start + batch_size]]
+            arrays = []
+            for entry in chunk:
+                try:
+                    arrays.append(self.preprocess(entry["path"]))
+                except UnreadableImage as exc:
+                    entry["error"] = f"unreadable image: {exc}"
+            readable = [entry for entry in chunk if "error" not in entry]
+            if readable:
+                probabilities = softmax(self.predict_arrays(np.stack(arrays)))
+                for entry, top in zip(readable, self._top_k(probabilities, top_k)):
+                    entry["predictions"] = [{"label": label, "score": score} for label, score in top]
+            results.extend(chunk)
+        return results
+
+    def _top_k(self, probabilities: np.ndarray, top_k: int) -> list[list[tuple[str, float]]]:
+        k = max(1, min(top_k, len(self.labels)))
+        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        return [[(self.labels[i], float(row[i])) for i in idx] for row, idx in zip(probabilities, order)]

@@ -1,0 +1,292 @@
+"""models.runtime: OnnxClassifier loading, validation, preprocessing parity, IO binding, threads, no torch."""
+
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+from PIL import Image
+
+from models.preprocess import PreprocessSpec, load_rgb
+from models.runtime import ModelLoadError, OnnxClassifier, cuda_status, resolve_model, softmax
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["cat", "dog", "fox"]
+CROP = 64
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A random-weights ResNet-18 exported with its metadata (torch is only needed to build it)."""
+    import torch
+
+    from models.backbones import create_model, preprocessing_for
+    from models.export import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("resnet18", len(LABELS), "none").eval()
+    path = tmp_path_factory.mktemp("runtime") / "model.onnx"
+    export_onnx(model, LABELS, preprocessing_for("resnet18", CROP), {"labels": LABELS}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifier(model_path):
+    return OnnxClassifier(model_path, providers="cpu")
+
+
+def photo(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Gradients plus noise, so resizing and cropping change every pixel."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([255 * x / max(width - 1, 1), 255 * y / max(height - 1, 1), 128 + 0 * x], axis=-1)
+    return Image.fromarray(np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8))
+
+
+def save_photo(kind: str, folder: Path) -> Path:
+    """One file per way a user's photo can arrive."""
+    if kind == "landscape":
+        image, name = photo(160, 90), "landscape.jpg"
+    elif kind == "portrait":
+        image, name = photo(90, 160), "portrait.png"
+    elif kind == "square":
+        image, name = photo(100, 100), "square.png"
+    elif kind == "tiny":
+        image, name = photo(10, 10), "tiny.png"
+    elif kind == "exif_rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6  # orientation: stored landscape, shown rotated 90 degrees clockwise
+        path = folder / "rotated.jpg"
+        photo(120, 80).save(path, exif=exif, quality=95)
+        return path
+    elif kind == "grayscale":
+        image, name = photo(120, 100).convert("L"), "grey.png"
+    elif kind == "rgba":
+        image = photo(110, 130)
+        image.putalpha(Image.fromarray(np.tile(np.linspace(0, 255, 110, dtype=np.uint8), (130, 1))))
+        name = "alpha.png"
+    elif kind == "palette":
+        image, name = photo(140, 100).convert("P", palette=Image.Palette.ADAPTIVE), "palette.png"
+    path = folder / name
+    image.save(path)
+    return path
+
+
+PHOTO_KINDS = ["landscape", "portrait", "square", "tiny", "exif_rotated", "grayscale", "rgba", "palette"]
+SPECS = {
+    "resnet18-64": PreprocessSpec(resize=73, crop=64),
+    "imagenet-224": PreprocessSpec(),
+    "bicubic": PreprocessSpec(resize=80, crop=64, interpolation="bicubic"),
+}
+
+
+@pytest.mark.parametrize("spec_name", SPECS)
+@pytest.mark.parametrize("kind", PHOTO_KINDS)
+def test_runtime_preprocessing_matches_torchvision_eval_transform(tmp_path, kind, spec_name):
+    spec = SPECS[spec_name]
+    image = load_rgb(save_photo(kind, tmp_path))
+    assert image.mode == "RGB"
+    ours = spec.to_array(image)
+    reference = spec.torch_eval_transform()(image).numpy()
+    assert ours.shape == reference.shape == (3, spec.crop, spec.crop)
+    assert ours.dtype == np.float32
+    assert np.abs(ours - reference).max() < 1e-5
+
+
+def test_exif_orientation_is_applied_before_preprocessing(tmp_path):
+    assert load_rgb(save_photo("exif_rotated", tmp_path)).size == (80, 120)
+
+
+def test_importing_and_using_the_runtime_does_not_import_torch(model_path, tmp_path):
+    image = save_photo("square", tmp_path)
+    code = (
+        "import sys, models.runtime as r\n"
+        f"print(r.OnnxClassifier({str(model_path)!r}).predict([{str(image)!r}])[0][0][0])\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    label, torch_imported = result.stdout.split()
+    assert label in LABELS and torch_imported == "False"
+
+
+def test_predict_preprocesses_with_the_stored_spec(classifier, tmp_path):
+    paths = [save_photo(kind, tmp_path) for kind in ("landscape", "portrait", "rgba")]
+    arrays = np.stack([classifier.spec.to_array(load_rgb(p)) for p in paths])
+    expected = softmax(classifier.predict_arrays(arrays))
+    for top, probabilities in zip(classifier.predict(paths, top_k=3), expected):
+        assert [label for label, _ in top] == [LABELS[i] for i in np.argsort(-probabilities)]
+        np.testing.assert_allclose([score for _, score in top], np.sort(probabilities)[::-1], rtol=1e-6)
+
+
+def test_predict_accepts_pil_images_in_any_mode(classifier):
+    image = photo(90, 70)
+    expected = classifier.predict([image])
+    assert classifier.predict([image.convert("RGBA")]) == expected  # opaque alpha on white: same pixels
+    assert len(classifier.predict([image.convert("L")])[0]) == 3
+
+
+def test_top_k_is_sorted_and_clipped_to_the_number_of_labels(classifier):
+    (top1,), (top_all,) = classifier.predict([photo(80, 80)], top_k=1), classifier.predict([photo(80, 80)], top_k=50)
+    assert len(top1) == 1 and len(top_all) == len(LABELS)
+    scores = [score for _, score in top_all]
+    assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-6)
+    assert top1[0] == top_all[0]
+
+
+def test_predict_files_answers_every_path_in_order_with_errors_in_place(classifier, tmp_path):
+    good = save_photo("square", tmp_path)
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    results = classifier.predict_files([good, bad, tmp_path / "missing.png", good], top_k=2)
+    assert [r["path"] for r in results] == [str(good), str(bad), str(tmp_path / "missing.png"), str(good)]
+    assert "not an image" in results[1]["error"] and "cannot be opened" in results[2]["error"]
+    assert results[0]["predictions"] == results[3]["predictions"] and len(results[0]["predictions"]) == 2
+
+
+def test_io_binding_gives_the_same_logits_as_plain_run(model_path):
+    batch = np.random.default_rng(0).standard_normal((4, 3, CROP, CROP), dtype=np.float32)
+    plain = OnnxClassifier(model_path, providers="cpu", use_io_binding=False)
+    bound = OnnxClassifier(model_path, providers="cpu", use_io_binding=True)
+    assert bound.use_io_binding and not plain.use_io_binding
+    np.testing.assert_array_equal(bound.predict_arrays(batch), plain.predict_arrays(batch))
+
+
+@pytest.mark.parametrize("use_io_binding", [False, True])
+def test_concurrent_predictions_from_8_threads_are_all_correct(model_path, use_io_binding):
+    classifier = OnnxClassifier(model_path, providers="cpu", intra_op_threads=1, use_io_binding=use_io_binding)
+    images = [photo(60 + 7 * i, 90 - 3 * i, seed=i) for i in range(16)]
+    sequential = [classifier.predict([image])[0] for image in images]
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(lambda image: classifier.predict([image])[0], images * 3))
+    assert concurrent == sequential * 3
+
+
+def test_model_bytes_load_like_the_file(model_path, classifier):
+    from_bytes = OnnxClassifier(model_path.read_bytes(), providers="cpu")
+    assert from_bytes.labels == classifier.labels and from_bytes.config == {"labels": LABELS}
+    image = photo(70, 70)
+    assert from_bytes.predict([image]) == classifier.predict([image])
+
+
+def test_predict_arrays_rejects_a_wrongly_shaped_batch(classifier):
+    with pytest.raises(ValueError, match=r"Expected a batch of shape \(N, 3, 64, 64\)"):
+        classifier.predict_arrays(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_cpu_provider_and_auto_choice(model_path):
+    assert OnnxClassifier(model_path, providers="cpu").provider == "CPUExecutionProvider"
+    usable, reason = cuda_status()
+    expected = "CUDAExecutionProvider" if usable else "CPUExecutionProvider"
+    assert OnnxClassifier(model_path, providers="auto").provider == expected
+    if not usable:
+        with pytest.raises(ModelLoadError, match="CUDA was requested but cannot be used"):
+            OnnxClassifier(model_path, providers="cuda")
+    with pytest.raises(ValueError, match="Choose one of: auto, cpu, cuda"):
+        OnnxClassifier(model_path, providers="tpu")
+
+
+def metadata_model(path: Path, input_shape, metadata: dict) -> Path:
+    """A tiny valid ONNX classifier (global average pool) with the given input shape and metadata."""
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def ours(crop=CROP) -> dict:
+    return {
+        "labels": json.dumps(LABELS),
+        "preprocessing": json.dumps(PreprocessSpec(resize=73, crop=crop).to_dict()),
+        "config": json.dumps({}),
+    }
+
+
+def make_bad_file(kind: str, folder: Path, good: Path) -> Path:
+    if kind == "missing":
+        return folder / "nope.onnx"
+    if kind == "folder":
+        return folder
+    if kind == "truncated":
+        (folder / "cut.onnx").write_bytes(good.read_bytes()[:5000])
+        return folder / "cut.onnx"
+    if kind == "random_bytes":
+        (folder / "noise.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+        return folder / "noise.onnx"
+    if kind == "future_ir_version":
+        path = metadata_model(folder / "future.onnx", ["N", 3, CROP, CROP], ours())
+        model = onnx.load(str(path))
+        model.ir_version = 99
+        onnx.save(model, str(path))
+        return path
+    if kind == "no_metadata":
+        return metadata_model(folder / "plain.onnx", ["N", 3, CROP, CROP], {})
+    if kind == "no_config":
+        partial = {k: v for k, v in ours().items() if k != "config"}
+        return metadata_model(folder / "partial.onnx", ["N", 3, CROP, CROP], partial)
+    if kind == "malformed_metadata":
+        return metadata_model(folder / "bad_json.onnx", ["N", 3, CROP, CROP], {**ours(), "labels": "[cat"})
+    if kind == "wrong_input_shape":
+        return metadata_model(folder / "small.onnx", ["N", 3, 32, 32], ours())
+    if kind == "one_channel":
+        return metadata_model(folder / "grey.onnx", ["N", 1, CROP, CROP], ours())
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "nope.onnx does not exist"),
+        ("folder", "is a folder; pass its .onnx file"),
+        ("truncated", "cut.onnx is not an ONNX model, or it is truncated"),
+        ("random_bytes", "noise.onnx is not an ONNX model, or it is truncated"),
+        ("future_ir_version", "cannot be loaded by ONNX Runtime: Unsupported model IR version: 99"),
+        ("no_metadata", "lacks the 'labels', 'preprocessing', 'config' metadata: it was not exported by Transfer Studio"),
+        ("no_config", "lacks the 'config' metadata"),
+        ("malformed_metadata", "has malformed metadata"),
+        ("wrong_input_shape", r"input of shape \['N', 3, 32, 32\], but its preprocessing produces \['N', 3, 64, 64\]"),
+        ("one_channel", r"input of shape \['N', 1, 64, 64\]"),
+    ],
+)
+def test_unusable_model_files_raise_model_load_error_with_clear_text(model_path, tmp_path, kind, message):
+    with pytest.raises(ModelLoadError, match=message):
+        OnnxClassifier(make_bad_file(kind, tmp_path, model_path), providers="cpu")
+
+
+def test_a_valid_tiny_model_with_our_metadata_loads(tmp_path):
+    classifier = OnnxClassifier(metadata_model(tmp_path / "tiny.onnx", ["N", 3, CROP, CROP], ours()), providers="cpu")
+    assert classifier.labels == LABELS and classifier.spec.crop == CROP
+
+
+def test_resolve_model_accepts_files_and_run_folders(tmp_path, model_path):
+    assert resolve_model(model_path) == model_path
+    assert resolve_model(model_path.parent) == model_path
+    assert resolve_model(str(model_path)) == model_path
+    with pytest.raises(ModelLoadError, match="has no model.onnx; export the run first"):
+        resolve_model(tmp_path)
+    with pytest.raises(ModelLoadError, match="not a valid repository name"):
+        resolve_model("hf://noslash")
+    with pytest.raises(ModelLoadError, match="No model at"):
+        resolve_model(tmp_path / "nothing")
+
+
+def test_an_existing_path_wins_over_a_hub_reference(tmp_path, model_path, monkeypatch):
+    # "hf://someone" is also the relative path hf:/someone; when that exists, it is what the user meant.
+    local = tmp_path / "hf:" / "someone" / "model.onnx"
+    local.parent.mkdir(parents=True)
+    local.write_bytes(model_path.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model("hf://someone/model.onnx") == Path("hf://someone/model.onnx")
+    assert OnnxClassifier(resolve_model("hf://someone"), providers="cpu").labels == LABELS
