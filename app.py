@@ -207,7 +207,8 @@ SAMPLE_PHOTOS = ASSETS / "sample"
 MAX_CLASSES = 8  # class slots in the per-class upload
 SOURCES = ("Sample photos", "Zip file", "Photos per class", "Folder on this computer")
 ON_SPACE = bool(os.environ.get("SPACE_ID"))
-STORE = RunStore(max_age_hours=float(os.environ.get("TRANSFER_STUDIO_RUN_HOURS", "0") or 0) or None)
+# Runs expire after TRANSFER_STUDIO_RUN_HOURS (on a shared Space, a day unless set; locally, never unless set).
+STORE = RunStore(max_age_hours=float(os.environ.get("TRANSFER_STUDIO_RUN_HOURS") or (24 if ON_SPACE else 0)) or None)
 STOP_FLAGS: dict[str, threading.Event] = {}  # per browser session: set by Cancel, read by fit every batch
 
 
@@ -223,6 +224,7 @@ def _local_folders_allowed(request: gr.Request | None) -> bool:
 
 def open_photos(source: str, zip_file, folder: str, classes: dict[str, list], session: str, local_ok: bool) -> Dataset:
     """Check the photos a user gave (any of the four ways) and return the opened dataset."""
+    STORE.expire()
     if source == "Sample photos":
         return open_dataset(SAMPLE_PHOTOS)
     if source == "Zip file":
@@ -499,6 +501,47 @@ def take_studio_schedule(current):
     return config.scheduler, json.dumps(config.params), config.lr, config.epochs, config.warmup_epochs, config.step_per
 
 
+def _hub_endpoint() -> str | None:
+    # Read at call time (huggingface_hub reads HF_ENDPOINT once, at import).
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def push_to_hub(run_id: str | None, repo_id: str, private: bool, token: str, oauth_token: gr.OAuthToken | None = None):
+    """Handler of Push: the token typed here, else the Space login, else HF_TOKEN or the cached login."""
+    from models.hub import HubError, push_run
+
+    if not run_id:
+        raise gr.Error("Train a model first (or pick one of this session's runs)")
+    token = (token or "").strip() or (oauth_token.token if oauth_token else None)
+    try:
+        url = push_run(STORE.find(run_id), (repo_id or "").strip(), token=token, private=bool(private),
+                       endpoint=_hub_endpoint())
+    except (HubError, ValueError) as exc:
+        raise gr.Error(str(exc)) from None
+    return f"Pushed to [{url}]({url})", gr.update(value="")  # the token box is cleared after use
+
+
+def make_space_for_run(run_id: str | None, repo_id: str, private: bool, token: str,
+                       oauth_token: gr.OAuthToken | None = None):
+    """Handler of 'Make a Space': the classify-only app as a zip, pushed as a Space when a repo is named."""
+    from models.hub import HubError, make_space, push_space
+
+    if not run_id:
+        raise gr.Error("Train a model first (or pick one of this session's runs)")
+    run_dir = STORE.find(run_id)
+    folder = make_space(run_dir, run_dir / "space", examples=EXAMPLES[:3])
+    archive = shutil.make_archive(str(run_dir / f"{run_id}-space"), "zip", folder)
+    message = "Space app written: unzip and run `python app.py`, or upload it as a Gradio Space."
+    if (repo_id or "").strip():
+        token = (token or "").strip() or (oauth_token.token if oauth_token else None)
+        try:
+            url = push_space(run_dir, repo_id.strip(), token=token, private=bool(private), endpoint=_hub_endpoint())
+        except (HubError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+        message = f"Space pushed to [{url}]({url})"
+    return message, gr.update(value=archive, visible=True), gr.update(value="")
+
+
 # ---------------------------------------------------------------- fine-tune tab: layout and wiring
 
 TRAIN_FIELDS = ("arch", "weights", "strategy", "batch_size", "image_size", "head_lr_mult", "head_epochs", "optimizer",
@@ -581,6 +624,21 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
         confusion = gr.Plot(label="Confusion matrix (validation)")
     wrong = gr.Gallery(label="Misclassified validation photos", columns=6, height=260)
     download = gr.DownloadButton("Download the run (zip)", visible=False)
+    with gr.Accordion("4. Share: push to the Hugging Face Hub, or make a Space", open=False):
+        with gr.Row():
+            share_run = gr.Dropdown(label="Run (this session)", choices=[])
+            repo_id = gr.Textbox(label="Repository", placeholder="your-name/food-classifier")
+            private = gr.Checkbox(value=False, label="Private")
+        with gr.Row():
+            token = gr.Textbox(label="Token with write access (optional: your login or HF_TOKEN is used otherwise)",
+                               type="password")
+            if ON_SPACE:
+                gr.LoginButton()
+        with gr.Row():
+            push = gr.Button("Push the model")
+            space = gr.Button("Make a Space from this run")
+        share_md = gr.Markdown()
+        space_zip = gr.DownloadButton("Download the Space app (zip)", visible=False)
 
     # -- wiring
     form = [arch, weights, weights_file, strategy, batch_size, image_size, head_lr_mult, head_epochs, optimizer, augment,
@@ -601,6 +659,11 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     train.click(train_model, [data_state, *form], train_outputs, concurrency_limit=1, concurrency_id="training",
                 api_visibility="private")
     cancel.click(cancel_training, None, status, queue=False)
+    runs_changed.change(run_choices, runs_changed, share_run, queue=False)
+    share_run.focus(run_choices, None, share_run, queue=False)
+    push.click(push_to_hub, [share_run, repo_id, private, token], [share_md, token], api_visibility="private")
+    space.click(make_space_for_run, [share_run, repo_id, private, token], [share_md, space_zip, token],
+                api_visibility="private")
 
     # /train for programs: a zip and the CLI's fields as a dict; hidden components keep uploads validated.
     api_zip = gr.File(visible=False, file_types=[".zip"])
@@ -803,11 +866,19 @@ def build_app() -> gr.Blocks:
 demo = build_app()
 
 
+def launch_options() -> dict:
+    """Where and how the app listens; the environment overrides each default."""
+    return {
+        "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        # Uploads beyond this are refused by Gradio before they reach the app (photo zips are the big ones).
+        "max_file_size": os.environ.get("TRANSFER_STUDIO_MAX_UPLOAD", "1gb"),
+    }
+
+
 def main() -> None:
-    demo.queue().launch(
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-    )
+    # Training and the LR finder share one slot ("training", limit 1); classification runs 4 at a time.
+    demo.queue(default_concurrency_limit=4).launch(**launch_options())
 
 
 if __name__ == "__main__":
