@@ -113,7 +113,7 @@ def lr_curve_api(config: dict) -> dict:
 def _param_component(info, param):
     default = info.default(param)
     label = f"{param.name}" + ("" if default is not None else " (blank: derived from the run)")
-    common = {"label": label, "info": param.help}
+    common = {"label": label, "info": param.help, "elem_id": f"param-{info.name}-{param.name}"}
     if param.kind == "bool":
         return gr.Checkbox(value=bool(default), **common)
     if param.kind == "choice":
@@ -132,7 +132,7 @@ def schedules_tab(current_schedule: gr.State):
     )
     with gr.Row():
         with gr.Column(scale=1):
-            scheduler = gr.Dropdown(list(CATALOGUE), value="CosineAnnealingLR", label="Scheduler")
+            scheduler = gr.Dropdown(list(CATALOGUE), value="CosineAnnealingLR", label="Scheduler", elem_id="sched-scheduler")
             summary = gr.Markdown(CATALOGUE["CosineAnnealingLR"].summary)
             lr = gr.Number(value=0.1, label="Base LR")
             with gr.Row():
@@ -156,16 +156,16 @@ def schedules_tab(current_schedule: gr.State):
                     noise = gr.Number(value=0.02, label="noise (relative)")
                     seed = gr.Number(value=0, precision=0, label="seed")
         with gr.Column(scale=2):
-            message = gr.Markdown()
+            message = gr.Markdown(elem_id="sched-message")
             log_scale = gr.Checkbox(value=False, label="Log scale (plots log10 of the LR)")
-            plot = gr.LinePlot(x="step", y="lr", color="schedule", title="Learning rate per optimizer step",
+            plot = gr.LinePlot(x="step", y="lr", color="schedule", title="Learning rate per optimizer step", elem_id="sched-plot",
                                x_title="optimizer step", y_title="learning rate", height=360)
             val_plot = gr.LinePlot(x="epoch", y="val_loss", title="Validation loss fed to ReduceLROnPlateau",
                                    height=220, visible=False)
             with gr.Row():
                 add = gr.Button("Add to comparison")
                 clear = gr.Button("Clear comparison")
-            code = gr.Code(language="python", label="PyTorch code for this schedule")
+            code = gr.Code(language="python", label="PyTorch code for this schedule", elem_id="sched-code")
     compare = gr.State([])
     field_keys = list(fields)
 
@@ -386,8 +386,11 @@ def set_class_count(count: int, delta: int):
     return [count] + [gr.update(visible=i < count) for i in range(MAX_CLASSES)]
 
 
-def check_photos(choice, zip_path, folder_path, count, *class_values, request: gr.Request = None):
-    """Handler of 'Check photos': (data state, report markdown, sample grid)."""
+def check_photos(request: gr.Request, choice, zip_path, folder_path, count, *class_values):
+    """Handler of 'Check photos': (data state, report markdown, sample grid).
+
+    The request comes first: Gradio fills gr.Request parameters by position, never after *args.
+    """
     names, files = class_values[:MAX_CLASSES], class_values[MAX_CLASSES:]
     classes = {names[i] or "": files[i] or [] for i in range(int(count))}
     try:
@@ -417,7 +420,7 @@ def _data_path(data) -> str:
     return data["path"]
 
 
-def find_lr(data, *form, request: gr.Request = None, progress=gr.Progress()):
+def find_lr(request: gr.Request, data, *form, progress=gr.Progress()):
     """Handler of the LR finder: (plot data, message, suggested LR, enable the 'use' button)."""
     from trainer.lr_finder import lr_find
 
@@ -442,7 +445,7 @@ def _outputs(**values) -> tuple:
     return tuple(values.pop(name, gr.skip()) for name in TRAIN_OUTPUTS)
 
 
-def train_model(data, *form, request: gr.Request = None, progress=gr.Progress()):
+def train_model(request: gr.Request, data, *form, progress=gr.Progress()):
     """Handler of Train, a generator: streams epochs (table, curves, LR used over planned), then the results."""
     path = _data_path(data)
     try:
@@ -554,43 +557,44 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     gr.Markdown("Give photos (one folder per class), check them, pick a strategy and a schedule, and train. "
                 "Training runs one at a time; you will see your place in the queue.")
     with gr.Accordion("1. Photos", open=True):
-        source = gr.Radio(list(SOURCES), value="Sample photos", label="Where are the photos?")
+        source = gr.Radio(list(SOURCES), value="Sample photos", label="Where are the photos?", elem_id="ft-source")
         zip_file = gr.File(label="A .zip of your folder (class subfolders, or train/ val/ test/)", file_types=[".zip"],
-                           visible=False)
+                           visible=False, elem_id="ft-zip")
         with gr.Group(visible=False) as per_class_box:
             class_count = gr.State(2)
             class_rows, class_names, class_files = [], [], []
             for i in range(MAX_CLASSES):
                 with gr.Row(visible=i < 2) as row:
-                    class_names.append(gr.Textbox(label=f"Class {i + 1} name", scale=1))
-                    class_files.append(gr.File(label="Its photos", file_count="multiple", file_types=["image"], scale=3))
+                    class_names.append(gr.Textbox(label=f"Class {i + 1} name", scale=1, elem_id=f"ft-class-{i}"))
+                    class_files.append(gr.File(label="Its photos", file_count="multiple", file_types=["image"], scale=3,
+                                               elem_id=f"ft-class-files-{i}"))
                 class_rows.append(row)
             with gr.Row():
                 add_class = gr.Button("Add a class", size="sm")
                 remove_class = gr.Button("Remove the last class", size="sm")
         folder = gr.Textbox(label="Folder on this computer", placeholder="/home/me/photos/food", visible=False)
-        check = gr.Button("Check photos", variant="secondary")
-        report_md = gr.Markdown()
+        check = gr.Button("Check photos", variant="secondary", elem_id="ft-check")
+        report_md = gr.Markdown(elem_id="ft-report")
         samples = gr.Gallery(label="Sample photos per class", columns=8, height=220, visible=False)
     with gr.Accordion("2. Settings", open=True):
         with gr.Row():
             arch = gr.Dropdown(list(ARCHS), value=defaults.arch, label="Backbone")
-            weights = gr.Radio(["imagenet", "none", "file"], value=defaults.weights, label="Pretrained weights",
+            weights = gr.Radio(["imagenet", "none", "file"], value=defaults.weights, label="Pretrained weights", elem_id="ft-weights",
                                info="ImageNet (torch hub cache), none (random init), or a weights file")
             weights_file = gr.File(label="Weights file (.safetensors or .pth)", file_types=[".safetensors", ".pth", ".pt"],
                                    visible=False)
-            strategy = gr.Radio(list(STRATEGIES), value=defaults.strategy, label="Strategy",
+            strategy = gr.Radio(list(STRATEGIES), value=defaults.strategy, label="Strategy", elem_id="ft-strategy",
                                 info="linear-probe: frozen backbone; finetune: head first, then all; full: all")
         with gr.Row():
-            epochs = gr.Number(value=defaults.epochs, precision=0, label="Epochs")
-            batch_size = gr.Number(value=defaults.batch_size, precision=0, label="Batch size")
-            image_size = gr.Number(value=defaults.image_size, precision=0, label="Image size (crop, px)")
-            lr = gr.Number(value=defaults.lr, label="Learning rate (backbone / base)")
+            epochs = gr.Number(value=defaults.epochs, precision=0, label="Epochs", elem_id="ft-epochs")
+            batch_size = gr.Number(value=defaults.batch_size, precision=0, label="Batch size", elem_id="ft-batch-size")
+            image_size = gr.Number(value=defaults.image_size, precision=0, label="Image size (crop, px)", elem_id="ft-image-size")
+            lr = gr.Number(value=defaults.lr, label="Learning rate (backbone / base)", elem_id="ft-lr")
             head_lr_mult = gr.Number(value=defaults.head_lr_mult, label="Head LR multiplier (finetune)")
             head_epochs = gr.Number(value=defaults.head_epochs, precision=0, label="Head-only epochs (finetune)")
         with gr.Row():
-            optimizer = gr.Radio(list(OPTIMIZERS), value=defaults.optimizer, label="Optimizer")
-            augment = gr.Radio(list(AUGMENTS), value=defaults.augment, label="Augmentation")
+            optimizer = gr.Radio(list(OPTIMIZERS), value=defaults.optimizer, label="Optimizer", elem_id="ft-optimizer")
+            augment = gr.Radio(list(AUGMENTS), value=defaults.augment, label="Augmentation", elem_id="ft-augment")
             class_weighted = gr.Checkbox(value=defaults.class_weighted, label="Class-weighted loss")
             patience = gr.Number(value=defaults.patience, precision=0, label="Early-stopping patience (0 = off)")
             val_fraction = gr.Number(value=defaults.val_fraction, label="Validation fraction (no val/ folder)")
@@ -610,18 +614,18 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
         finder_plot = gr.LinePlot(x="log10 lr", y="loss", title="Smoothed loss against the learning rate", height=260)
         suggested = gr.State(None)
     with gr.Row():
-        train = gr.Button("Train", variant="primary")
-        cancel = gr.Button("Cancel", variant="stop")
-    status = gr.Markdown()
+        train = gr.Button("Train", variant="primary", elem_id="ft-train")
+        cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+    status = gr.Markdown(elem_id="ft-status")
     epoch_table = gr.Dataframe(label="Epochs", interactive=False)
     with gr.Row():
         loss_plot = gr.LinePlot(x="epoch", y="loss", color="split", title="Loss", height=260)
         acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="split", title="Accuracy", height=260)
         lr_plot = gr.LinePlot(x="step", y="lr", color="curve", title="Head LR: used over planned", height=260)
-    metrics_md = gr.Markdown()
+    metrics_md = gr.Markdown(elem_id="ft-metrics")
     with gr.Row():
         per_class = gr.Dataframe(label="Per class (validation)", interactive=False)
-        confusion = gr.Plot(label="Confusion matrix (validation)")
+        confusion = gr.Plot(label="Confusion matrix (validation)", elem_id="ft-confusion")
     wrong = gr.Gallery(label="Misclassified validation photos", columns=6, height=260)
     download = gr.DownloadButton("Download the run (zip)", visible=False)
     with gr.Accordion("4. Share: push to the Hugging Face Hub, or make a Space", open=False):
@@ -657,10 +661,11 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     train_outputs = [status, epoch_table, loss_plot, acc_plot, lr_plot, metrics_md, per_class, confusion, wrong,
                      download, runs_changed]
     train.click(train_model, [data_state, *form], train_outputs, concurrency_limit=1, concurrency_id="training",
-                api_visibility="private")
-    cancel.click(cancel_training, None, status, queue=False)
-    runs_changed.change(run_choices, runs_changed, share_run, queue=False)
-    share_run.focus(run_choices, None, share_run, queue=False)
+                api_visibility="private", show_progress_on=[status])
+    # Queued (so the request carries the browser session), in its own slot: it never waits behind training.
+    cancel.click(cancel_training, None, status, concurrency_id="cancel", concurrency_limit=None)
+    runs_changed.change(run_choices, runs_changed, share_run)
+    share_run.focus(run_choices, None, share_run)
     push.click(push_to_hub, [share_run, repo_id, private, token], [share_md, token], api_visibility="private")
     space.click(make_space_for_run, [share_run, repo_id, private, token], [share_md, space_zip, token],
                 api_visibility="private")
@@ -810,17 +815,18 @@ def classify_tab(runs_changed: gr.State) -> None:
     gr.Markdown("Classify photos with an exported ONNX model, served by ONNX Runtime (CUDA when there is a GPU).")
     with gr.Row():
         with gr.Column(scale=1):
-            source = gr.Radio(list(MODEL_SOURCES), value=MODEL_SOURCES[0], label="Model")
-            run_id = gr.Dropdown(label="Run trained in this session", choices=[], allow_custom_value=False)
+            source = gr.Radio(list(MODEL_SOURCES), value=MODEL_SOURCES[0], label="Model", elem_id="clf-source")
+            run_id = gr.Dropdown(label="Run trained in this session", choices=[], allow_custom_value=False, elem_id="clf-run")
             onnx_file = gr.File(label=".onnx model (made by this app)", file_types=[".onnx"], visible=False)
             top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
         with gr.Column(scale=2):
-            image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo", height=320)
-            classify = gr.Button("Classify", variant="primary")
+            image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo", height=320,
+                             elem_id="clf-image")
+            classify = gr.Button("Classify", variant="primary", elem_id="clf-classify")
             gr.Examples(EXAMPLES, inputs=image, label="Example photos")
         with gr.Column(scale=2):
-            scores = gr.Label(label="Top classes")
-            info = gr.Markdown()
+            scores = gr.Label(label="Top classes", elem_id="clf-label")
+            info = gr.Markdown(elem_id="clf-info")
     with gr.Accordion("Many photos at once", open=False):
         many = gr.File(file_count="multiple", file_types=["image"], label="Photos")
         classify_all = gr.Button("Classify all")
@@ -831,8 +837,8 @@ def classify_tab(runs_changed: gr.State) -> None:
     model_inputs = [source, run_id, onnx_file, top_k]
     source.change(lambda s: (gr.update(visible=s == MODEL_SOURCES[0]), gr.update(visible=s == MODEL_SOURCES[1])),
                   source, [run_id, onnx_file], queue=False)
-    runs_changed.change(run_choices, runs_changed, run_id, queue=False)
-    run_id.focus(run_choices, None, run_id, queue=False)
+    runs_changed.change(run_choices, runs_changed, run_id)
+    run_id.focus(run_choices, None, run_id)
     classify.click(classify_photo, [image, *model_inputs], [scores, info], concurrency_limit=4,
                    concurrency_id="classify", api_visibility="private")
     classify_all.click(classify_many, [many, *model_inputs], [table, gallery, many_info], concurrency_limit=4,

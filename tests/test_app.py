@@ -110,7 +110,7 @@ def sample_zip(tmp_path_factory):
 
 
 def test_checking_the_sample_zip_shows_the_report_and_a_grid(sample_zip):
-    state, report, grid = app.check_photos("Zip file", sample_zip, "", 2, *NO_CLASSES, request=request("zip"))
+    state, report, grid = app.check_photos(request("zip"), "Zip file", sample_zip, "", 2, *NO_CLASSES)
     assert "| hotdog |" in report and "| not_hotdog |" in report
     assert state["report"]["labels"] == ["hotdog", "not_hotdog"]
     assert len(grid["value"]) == 8 and {caption for _, caption in grid["value"]} == {"hotdog", "not_hotdog"}
@@ -120,7 +120,7 @@ def test_per_class_upload_builds_class_folders(tmp_path):
     write_photos(tmp_path, per_class=4)
     names = ["Red berries", "Blue sky"] + [""] * (app.MAX_CLASSES - 2)
     files = [sorted(str(p) for p in (tmp_path / c).iterdir()) for c in ("red", "blue")] + [None] * (app.MAX_CLASSES - 2)
-    state, report, _ = app.check_photos("Photos per class", None, "", 2, *names, *files, request=request("per-class"))
+    state, report, _ = app.check_photos(request("per-class"), "Photos per class", None, "", 2, *names, *files)
     assert state["report"]["labels"] == ["Blue sky", "Red berries"]
     assert sum(state["report"]["totals"].values()) == 8
 
@@ -129,22 +129,22 @@ def test_bad_uploads_answer_with_a_message(tmp_path):
     not_zip = tmp_path / "photos.zip"
     not_zip.write_text("not a zip")
     with pytest.raises(app.gr.Error, match="zip"):
-        app.check_photos("Zip file", str(not_zip), "", 2, *NO_CLASSES, request=request("bad"))
+        app.check_photos(request("bad"), "Zip file", str(not_zip), "", 2, *NO_CLASSES)
     with pytest.raises(app.gr.Error, match="has no photos"):
         names = ["only"] + [""] * (app.MAX_CLASSES - 1)
-        app.check_photos("Photos per class", None, "", 2, *names, *([None] * app.MAX_CLASSES), request=request("bad"))
+        app.check_photos(request("bad"), "Photos per class", None, "", 2, *names, *([None] * app.MAX_CLASSES))
 
 
 def test_server_folders_are_refused_when_the_request_is_not_local(tmp_path):
     remote = SimpleNamespace(session_hash="remote", client=SimpleNamespace(host="203.0.113.9"))
     with pytest.raises(app.gr.Error, match="own machine"):
-        app.check_photos("Folder on this computer", None, str(tmp_path), 2, *NO_CLASSES, request=remote)
+        app.check_photos(remote, "Folder on this computer", None, str(tmp_path), 2, *NO_CLASSES)
 
 
 def test_lr_finder_handler_suggests_an_lr_for_the_form(tmp_path):
-    state, _, _ = app.check_photos("Folder on this computer", None, str(write_photos(tmp_path)), 2, *NO_CLASSES,
-                                   request=request("finder"))
-    frame, text, suggested, _ = app.find_lr(state, *form(strategy="linear-probe"), request=request("finder"))
+    state, _, _ = app.check_photos(request("finder"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+                                   *NO_CLASSES)
+    frame, text, suggested, _ = app.find_lr(request("finder"), state, *form(strategy="linear-probe"))
     assert len(frame) > 10 and suggested > 0 and "valley" in text
 
 
@@ -154,9 +154,9 @@ def collect(generator):
 
 
 def test_training_streams_epochs_then_shows_results_and_a_download(tmp_path):
-    state, _, _ = app.check_photos("Folder on this computer", None, str(write_photos(tmp_path)), 2, *NO_CLASSES,
-                                   request=request("train"))
-    outputs, final = collect(app.train_model(state, *form(epochs=3), request=request("train")))
+    state, _, _ = app.check_photos(request("train"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+                                   *NO_CLASSES)
+    outputs, final = collect(app.train_model(request("train"), state, *form(epochs=3)))
     epochs = [dict(zip(app.TRAIN_OUTPUTS, o)) for o in outputs if isinstance(o[1], app.pd.DataFrame)]
     assert [len(e["epoch_table"]) for e in epochs] == [1, 2, 3]
     lr_used = epochs[-1]["lr_plot"]
@@ -175,9 +175,9 @@ def test_training_streams_epochs_then_shows_results_and_a_download(tmp_path):
 
 
 def test_cancel_mid_training_keeps_the_best_model_and_the_app_answers(tmp_path):
-    state, _, _ = app.check_photos("Folder on this computer", None, str(write_photos(tmp_path)), 2, *NO_CLASSES,
-                                   request=request("cancel"))
-    generator = app.train_model(state, *form(epochs=30), request=request("cancel"))
+    state, _, _ = app.check_photos(request("cancel"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+                                   *NO_CLASSES)
+    generator = app.train_model(request("cancel"), state, *form(epochs=30))
     for output in generator:
         if isinstance(output[1], app.pd.DataFrame):  # the first epoch has finished
             assert "Stopping" in app.cancel_training(request("cancel"))
@@ -200,11 +200,11 @@ def test_studio_schedule_carries_over_to_the_fine_tune_form():
 def test_bad_settings_answer_with_a_message(tmp_path):
     state = {"path": str(write_photos(tmp_path)), "report": {}}
     with pytest.raises(app.gr.Error, match="batch_size must be at least 1"):
-        list(app.train_model(state, *form(batch_size=0), request=request("bad-settings")))
+        list(app.train_model(request("bad-settings"), state, *form(batch_size=0)))
     with pytest.raises(app.gr.Error, match="Scheduler parameters must be JSON"):
-        list(app.train_model(state, *form(params="{oops"), request=request("bad-settings")))
+        list(app.train_model(request("bad-settings"), state, *form(params="{oops")))
     with pytest.raises(app.gr.Error, match="Check your photos first"):
-        list(app.train_model(None, *form(), request=request("bad-settings")))
+        list(app.train_model(request("bad-settings"), None, *form()))
 
 
 def test_train_endpoint_through_gradio_client(client, sample_zip):
@@ -229,8 +229,8 @@ from models.runtime import OnnxClassifier  # noqa: E402
 def trained(tmp_path_factory):
     """A tiny model trained through the tab's own training path: (run id, photo folder)."""
     photos = write_photos(tmp_path_factory.mktemp("classify") / "photos")
-    state, _, _ = app.check_photos("Folder on this computer", None, str(photos), 2, *NO_CLASSES, request=request("clf"))
-    final = dict(zip(app.TRAIN_OUTPUTS, list(app.train_model(state, *form(epochs=4), request=request("clf")))[-1]))
+    state, _, _ = app.check_photos(request("clf"), "Folder on this computer", None, str(photos), 2, *NO_CLASSES)
+    final = dict(zip(app.TRAIN_OUTPUTS, list(app.train_model(request("clf"), state, *form(epochs=4)))[-1]))
     return final["run_id"], photos
 
 
