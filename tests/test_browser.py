@@ -114,10 +114,10 @@ def small_training_settings(page, epochs: int) -> None:
     set_number(page, "ft-lr", 0.001)
 
 
-def check_folder(page, folder: Path) -> None:
+def check_folder(page, folder: Path, tmp_path: Path) -> None:
     """Give photos as a zip, the main path a user takes."""
     choose(page, "ft-source", "Zip file")
-    page.locator("#ft-zip input[type=file]").set_input_files(str(zip_folder(folder, folder.parent / f"{folder.name}.zip")))
+    page.locator("#ft-zip input[type=file]").set_input_files(str(zip_folder(folder, tmp_path / f"{folder.name}.zip")))
     page.locator("#ft-zip").filter(has_text=".zip").wait_for()
     page.locator("#ft-check").click()
     page.locator("#ft-report table").wait_for()
@@ -145,7 +145,7 @@ def test_schedules_journey_compare_two_schedulers_and_see_a_bad_parameter(page):
 
 def test_finetune_journey_upload_check_train_and_see_results(page, tmp_path):
     small_training_settings(page, epochs=2)
-    check_folder(page, ASSETS / "sample")
+    check_folder(page, ASSETS / "sample", tmp_path)
     report = text_of(page, "#ft-report")
     assert "hotdog" in report and "not_hotdog" in report
     # The per-class upload, Teachable-Machine style.
@@ -167,7 +167,7 @@ def test_finetune_journey_upload_check_train_and_see_results(page, tmp_path):
 
 def test_cancel_journey_stops_training_keeps_the_best_model_and_stays_responsive(page, tmp_path):
     small_training_settings(page, epochs=200)
-    check_folder(page, write_photos(tmp_path / "photos"))
+    check_folder(page, write_photos(tmp_path / "photos"), tmp_path)
     page.locator("#ft-train").click()
     wait_for_text(page, "#ft-status", "Epoch 1/200")
     page.locator("#ft-cancel").click()
@@ -179,7 +179,7 @@ def test_cancel_journey_stops_training_keeps_the_best_model_and_stays_responsive
 
 def test_classify_journey_with_the_model_just_trained(page, tmp_path):
     small_training_settings(page, epochs=2)
-    check_folder(page, write_photos(tmp_path / "photos"))
+    check_folder(page, write_photos(tmp_path / "photos"), tmp_path)
     page.locator("#ft-train").click()
     wait_for_text(page, "#ft-status", "finished")
     page.get_by_role("tab", name="Classify").click()
