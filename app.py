@@ -425,12 +425,17 @@ def find_lr(request: gr.Request, data, *form, progress=gr.Progress()):
     from trainer.lr_finder import lr_find
 
     path = _data_path(data)
+    session = _session(request)
+    stop = STOP_FLAGS[session] = threading.Event()  # Cancel stops the sweep too
     try:
         config = form_config(*form)
-        result = lr_find(path, config, workdir=STORE.upload_dir(_session(request)),
+        result = lr_find(path, config, workdir=STORE.upload_dir(session), should_stop=stop.is_set,
                          on_step=lambda i, lr, loss: progress((i + 1) / 100, desc=f"LR {lr:.1e}"))
     except USER_ERRORS + (ValueError,) as exc:
         raise gr.Error(str(exc)) from None
+    finally:
+        if STOP_FLAGS.get(session) is stop:
+            del STOP_FLAGS[session]
     frame = pd.DataFrame({"log10 lr": [math.log10(v) for v in result.lr], "loss": result.loss})
     text = f"**Suggested LR: {result.suggested_lr:.2e}** (rule: {result.rule}); swept {len(result.lr)} steps."
     return frame, text, result.suggested_lr, gr.update(interactive=True)
@@ -485,6 +490,8 @@ def train_model(request: gr.Request, data, *form, progress=gr.Progress()):
     except TrainingFailed as exc:
         raise gr.Error(str(exc)) from None
     finally:
+        # A closed tab ends this generator early: stop its training too (the best model so far is kept).
+        stop.set()
         if STOP_FLAGS.get(session) is stop:
             del STOP_FLAGS[session]
 

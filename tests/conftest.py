@@ -54,3 +54,16 @@ def tiny_config(**overrides) -> TrainConfig:
 @pytest.fixture
 def photos(tmp_path) -> Path:
     return write_photos(tmp_path / "photos")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Let trainings still running in app threads stop before the interpreter exits under them."""
+    import sys
+    import threading
+
+    app = sys.modules.get("app")
+    for flag in list(getattr(app, "STOP_FLAGS", {}).values()):
+        flag.set()
+    for thread in threading.enumerate():
+        if thread.name.startswith("fit-"):
+            thread.join(timeout=120)

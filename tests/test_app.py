@@ -310,3 +310,18 @@ def test_imagenet_default_model_is_exported_once_from_the_cached_weights(tmp_pat
     scores, info = app.classify_photo(str(ASSETS / "examples" / "hotdog.jpg"), "ImageNet ResNet-18", None, None, 5)
     assert len(scores) == 5
     assert len(OnnxClassifier(tmp_path / "data" / "imagenet-resnet18.onnx").labels) == 1000
+
+
+def test_closing_the_page_mid_training_stops_that_training(tmp_path):
+    state, _, _ = app.check_photos(request("closed-tab"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+                                   *NO_CLASSES)
+    generator = app.train_model(request("closed-tab"), state, *form(epochs=200))
+    for output in generator:
+        if isinstance(output[1], app.pd.DataFrame):
+            break
+    generator.close()  # what Gradio does when the browser goes away
+    deadline = app.time.time() + 60
+    while app.time.time() < deadline and any(t.name.startswith("fit-") for t in app.threading.enumerate()):
+        app.time.sleep(0.2)
+    (run,) = app.STORE.runs("closed-tab")
+    assert json.loads((run.path / "metrics.json").read_text())["stopped"] == "cancelled"
