@@ -362,14 +362,21 @@ def run_training(data_path: str, config: TrainConfig, session: str, stop: thread
             events.put(("done", (run_id, result)))
         except USER_ERRORS as exc:
             shutil.rmtree(run_dir, ignore_errors=True)
-            events.put(("error", exc))
+            events.put(("error", str(exc)))
+        except OSError as exc:  # a full disk or a vanished folder: the machine's problem, said in words
+            events.put(("error", f"Training stopped: the run folder could not be written ({exc.strerror or exc})"))
+        except BaseException as exc:  # a bug: hand it to the handler, which must not wait forever
+            events.put(("crash", exc))
+            raise
 
     thread = threading.Thread(target=work, name=f"fit-{run_id}", daemon=True)
     thread.start()
     while True:
         kind, payload = events.get()
         if kind == "error":
-            raise TrainingFailed(str(payload))
+            raise TrainingFailed(payload)
+        if kind == "crash":
+            raise payload
         yield kind, payload
         if kind == "done":
             return

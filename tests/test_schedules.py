@@ -207,3 +207,9 @@ def test_cli_bad_input_exits_non_zero_with_one_line():
 def test_negative_formula_factor_is_refused():
     with pytest.raises(ScheduleError, match="cannot be negative"):
         lr_curve(config("LambdaLR", {"lr_lambda": "1 - epoch / 5"}))
+
+
+def test_multiplicative_factors_that_overflow_the_lr_are_refused():
+    with pytest.raises(ScheduleError, match="overflow at epoch 2"):
+        lr_curve(config("MultiplicativeLR", {"lr_lambda": "1e300"}))
+    assert lr_curve(config("MultiplicativeLR", {"lr_lambda": "1.5"})).lr[-1] == pytest.approx(LR * 1.5 ** (EPOCHS - 1))

@@ -261,7 +261,7 @@ def resolve(config: ScheduleConfig) -> ResolvedSchedule:
         kwargs[param.name] = _check_value(info.name, param, value)
     for param in info.params:
         if param.kind == "formula":
-            _check_formula(info.name, kwargs[param.name], main_steps)
+            _check_formula(info.name, kwargs[param.name], main_steps, config.lr)
     if info.name == "OneCycleLR" and kwargs["total_steps"] < main_steps:
         raise ScheduleError(
             f"OneCycleLR: total_steps ({kwargs['total_steps']}) must cover the run's {main_steps} batches "
@@ -270,8 +270,9 @@ def resolve(config: ScheduleConfig) -> ResolvedSchedule:
     return ResolvedSchedule(config, info, kwargs, step_per(config), warmup_steps)
 
 
-def _check_formula(scheduler: str, formula, steps: int) -> None:
+def _check_formula(scheduler: str, formula, steps: int, lr: float) -> None:
     """Evaluate the formula over the whole run now, so a bad epoch is reported before training."""
+    factor = 1.0  # MultiplicativeLR multiplies the factors up; LambdaLR applies each one alone
     for epoch in range(steps + 1):
         try:
             value = formula(epoch)
@@ -279,6 +280,12 @@ def _check_formula(scheduler: str, formula, steps: int) -> None:
             raise ScheduleError(f"{scheduler}: lr_lambda: {exc}") from None
         if value < 0:
             raise ScheduleError(f"{scheduler}: lr_lambda gives {value:g} at epoch {epoch}; an LR factor cannot be negative")
+        if scheduler == "LambdaLR":
+            factor = value
+        elif epoch > 0:  # MultiplicativeLR applies its first factor at the first step
+            factor *= value
+        if not math.isfinite(lr * factor):
+            raise ScheduleError(f"{scheduler}: lr_lambda makes the learning rate overflow at epoch {epoch}")
 
 
 def _check_run_length(config: ScheduleConfig, info: SchedulerInfo) -> None:
