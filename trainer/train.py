@@ -27,7 +27,7 @@ from models.preprocess import PreprocessSpec
 from trainer.config import ConfigError, RunConfig, TrainConfig
 from trainer.data import Dataset, ImageRecord, open_dataset, write_report
 from trainer.metrics import classification_report
-from trainer.schedules import LRStepper, create_scheduler, resolve
+from trainer.schedules import create_scheduler, resolve
 
 
 
@@ -60,9 +60,6 @@ class FitResult:
     history: list[EpochStats]
     stopped: str | None  # None, "early-stopping" or "cancelled"
     predictions: dict = field(default_factory=dict)  # split -> [(rel path, true, predicted, confidence)]
-
-
-Callback = Callable[..., None] | None
 
 
 def resolve_device(name: str) -> torch.device:
