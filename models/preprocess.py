@@ -6,7 +6,9 @@ This module imports no torch: the runtime preprocesses with PIL and numpy from t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from numbers import Integral, Real
 
 import numpy as np
 from PIL import Image
@@ -18,6 +20,31 @@ _PIL_FILTERS = {
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
 }
+
+# A model file states its own preprocessing; this bound keeps a hostile or broken one from making
+# the runtime resize every photo to gigapixels (100000 px on the short side is ~40 GB per photo).
+MAX_RESIZE = 4096
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _three_numbers(field: str, value, positive: bool = False) -> tuple[float, float, float]:
+    """`value` as 3 finite floats (one per RGB channel), or a ValueError naming `field`."""
+    try:
+        values = tuple(value)
+    except TypeError:
+        values = ()
+    if len(values) != 3 or not all(isinstance(v, Real) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{field} must be 3 numbers (one per RGB channel), got {_short(value)}")
+    values = tuple(float(v) for v in values)
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{field} must be finite numbers, got {_short(value)}")
+    if positive and not all(v > 0 for v in values):
+        raise ValueError(f"{field} must be positive numbers, got {_short(value)}")
+    return values
 
 
 @dataclass(frozen=True)
@@ -31,23 +58,36 @@ class PreprocessSpec:
     interpolation: str = "bilinear"
 
     def __post_init__(self):
-        if self.interpolation not in _PIL_FILTERS:
-            raise ValueError(f"Unknown interpolation {self.interpolation!r}; choose from {sorted(_PIL_FILTERS)}")
-        if not 0 < self.crop <= self.resize:
-            raise ValueError(f"crop ({self.crop}) must be positive and at most resize ({self.resize})")
-        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
-        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+        # Specs also come from model files, which anyone can write: every field is checked here.
+        if not isinstance(self.interpolation, str) or self.interpolation not in _PIL_FILTERS:
+            raise ValueError(
+                f"Unknown interpolation {_short(self.interpolation)}; choose from {sorted(_PIL_FILTERS)}"
+            )
+        for field in ("resize", "crop"):
+            value = getattr(self, field)
+            if not isinstance(value, Integral) or isinstance(value, bool):
+                raise ValueError(f"{field} must be a whole number of pixels, got {_short(value)}")
+            object.__setattr__(self, field, int(value))
+        if not 0 < self.crop <= self.resize <= MAX_RESIZE:
+            raise ValueError(
+                f"crop ({self.crop}) and resize ({self.resize}) must satisfy 0 < crop <= resize <= {MAX_RESIZE}"
+            )
+        object.__setattr__(self, "mean", _three_numbers("mean", self.mean))
+        object.__setattr__(self, "std", _three_numbers("std", self.std, positive=True))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
+        """The spec `to_dict` wrote; ValueError (naming the field) or KeyError for anything else."""
+        if not isinstance(d, dict):
+            raise ValueError(f"preprocessing must be a JSON object, got {type(d).__name__}")
         return cls(
-            resize=int(d["resize"]),
-            crop=int(d["crop"]),
-            mean=tuple(d["mean"]),
-            std=tuple(d["std"]),
+            resize=d["resize"],
+            crop=d["crop"],
+            mean=d["mean"],
+            std=d["std"],
             interpolation=d.get("interpolation", "bilinear"),
         )
 

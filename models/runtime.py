@@ -116,6 +116,14 @@ def _ort_message(exc: Exception) -> str:
     return re.sub(r"\S+\.(?:cc|h):\d+ \S+\(.*?\) ", "", text)
 
 
+def _excerpt(exc: BaseException, limit: int = 120) -> str:
+    """An exception as a short, printable line: its type and the start of its text."""
+    text = "".join(ch if ch.isprintable() else " " for ch in " ".join(str(exc).split()))
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -168,19 +176,26 @@ class OnnxClassifier:
         self._device_id = CUDA_PROVIDER_OPTIONS["device_id"] if self._device == "cuda" else 0
 
     def _read_metadata(self) -> tuple[list[str], PreprocessSpec, dict]:
-        meta = self.session.get_modelmeta().custom_metadata_map
+        try:
+            # ONNX Runtime decodes the values here: bytes that are not UTF-8 fail in this call.
+            meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        except Exception as exc:  # noqa: BLE001 -- any failure to read it means the file is unusable
+            raise ModelLoadError(f"{self.name} has unreadable metadata ({_excerpt(exc)})") from None
         missing = [key for key in METADATA_KEYS if key not in meta]
         if missing:
             raise ModelLoadError(
                 f"{self.name} lacks the {', '.join(repr(k) for k in missing)} metadata: it was not exported by "
                 "Transfer Studio (python -m models export RUN_DIR writes it)"
             )
-        try:
-            labels = json.loads(meta["labels"])
-            spec = PreprocessSpec.from_dict(json.loads(meta["preprocessing"]))
-            config = json.loads(meta["config"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ModelLoadError(f"{self.name} has malformed metadata: {type(exc).__name__}: {exc}") from None
+        parsed = {}
+        for key in METADATA_KEYS:
+            try:
+                parsed[key] = json.loads(meta[key])
+                if key == "preprocessing":
+                    parsed[key] = PreprocessSpec.from_dict(parsed[key])
+            except (ValueError, KeyError, TypeError, RecursionError) as exc:
+                raise ModelLoadError(f"{self.name} has malformed metadata: {key!r}: {_excerpt(exc)}") from None
+        labels, spec, config = parsed["labels"], parsed["preprocessing"], parsed["config"]
         if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
             raise ModelLoadError(f"{self.name}: the 'labels' metadata must be a non-empty list of names")
         if len(set(labels)) != len(labels):
@@ -190,21 +205,31 @@ class OnnxClassifier:
         return labels, spec, config
 
     def _check_signature(self) -> None:
-        inputs = self.session.get_inputs()
+        try:
+            # Names and symbolic dimensions are decoded here: bytes that are not UTF-8 fail in these calls.
+            inputs = [(i.name, i.type, list(i.shape)) for i in self.session.get_inputs()]
+            outputs = {o.name: list(o.shape) for o in self.session.get_outputs()}
+        except Exception as exc:  # noqa: BLE001 -- any failure to read it means the file is unusable
+            message = f"{self.name} has an unreadable input or output signature ({_excerpt(exc)})"
+            raise ModelLoadError(message) from None
         expected = ["N", 3, self.spec.crop, self.spec.crop]
-        if len(inputs) != 1 or inputs[0].name != INPUT_NAME or inputs[0].type != "tensor(float)":
-            found = [(i.name, i.type) for i in inputs]
+        if len(inputs) != 1 or inputs[0][:2] != (INPUT_NAME, "tensor(float)"):
+            found = [(name, kind) for name, kind, _ in inputs]
             raise ModelLoadError(f"{self.name} should take one float32 input named {INPUT_NAME!r}, found {found}")
-        shape = inputs[0].shape
+        shape = inputs[0][2]
         if len(shape) != 4 or shape[1:] != expected[1:]:
             raise ModelLoadError(
                 f"{self.name} takes input of shape {shape}, but its preprocessing produces {expected} "
                 f"(crop {self.spec.crop})"
             )
-        outputs = {o.name: o.shape for o in self.session.get_outputs()}
         if LOGITS_NAME not in outputs:
             raise ModelLoadError(f"{self.name} has no {LOGITS_NAME!r} output (outputs: {sorted(outputs)})")
-        classes = outputs[LOGITS_NAME][-1]
+        logits = outputs[LOGITS_NAME]
+        if len(logits) != 2:
+            raise ModelLoadError(
+                f"{self.name} has a {LOGITS_NAME!r} output of shape {logits}; logits must be [batch, classes]"
+            )
+        classes = logits[-1]
         if isinstance(classes, int) and classes != len(self.labels):
             raise ModelLoadError(f"{self.name} outputs {classes} classes but its metadata lists {len(self.labels)} labels")
 

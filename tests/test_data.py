@@ -221,6 +221,35 @@ def test_images_in_subfolders_of_a_class_belong_to_that_class(tmp_path):
     assert labels["a/2023/deep.png"] == "a"
 
 
+def test_photos_more_than_32_folders_inside_their_class_are_skipped_as_nested_too_deeply(tmp_path):
+    make_classes(tmp_path, {"a": 2, "b": 2})
+    at_limit = "a/" + "d/" * data_module.MAX_CLASS_DEPTH + "ok.png"
+    too_deep = "a/" + "d/" * (data_module.MAX_CLASS_DEPTH + 1) + "deep.png"
+    write_image(tmp_path / at_limit)
+    write_image(tmp_path / too_deep)
+    ds = open_dataset(tmp_path)
+    assert at_limit in rels(ds.train + ds.val)
+    assert skipped_reasons(ds) == {too_deep: "nested too deeply (more than 32 folders inside its class folder)"}
+
+
+def test_a_folder_whose_path_is_too_long_to_list_is_skipped_with_its_reason(tmp_path):
+    make_classes(tmp_path, {"a": 2, "b": 2})
+    # 25 folders of 200 characters: past the 4096-byte path limit, so they can only be made relative to each other.
+    fd = os.open(tmp_path / "a", os.O_RDONLY)
+    try:
+        for _ in range(25):
+            os.mkdir("n" * 200, dir_fd=fd)
+            fd, parent = os.open("n" * 200, os.O_RDONLY, dir_fd=fd), fd
+            os.close(parent)
+        os.close(os.open("lost.png", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+    finally:
+        os.close(fd)
+    ds = open_dataset(tmp_path)
+    [(path, reason)] = skipped_reasons(ds).items()
+    assert path.startswith("a/" + "n" * 200 + "/") and reason == "folder cannot be read (File name too long)"
+    assert sum(ds.report["totals"].values()) == 4
+
+
 # ---------------------------------------------------------------------------------------------
 # Split
 # ---------------------------------------------------------------------------------------------
@@ -459,6 +488,70 @@ def test_a_corrupt_zip_member_is_an_error_and_leaves_nothing(tmp_path):
     assert tree(out) == set()
 
 
+def test_a_zip_needing_a_newer_zip_version_is_refused_in_words(tmp_path):
+    archive = _zip_with(tmp_path, [])
+    raw = bytearray(archive.read_bytes())
+    central = raw.index(b"PK\x01\x02")
+    raw[central + 6 : central + 8] = struct.pack("<H", 204)  # 'version needed to extract' 20.4: zipfile refuses it
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="uses a zip feature this app cannot unpack; re-create the zip"):
+        open_dataset(archive, workdir=tmp_path / "run")
+
+
+def test_a_damaged_zip_is_refused_with_a_short_printable_message(tmp_path):
+    archive = _zip_with(tmp_path, [("good/two.png", image_bytes())])
+    raw = bytearray(archive.read_bytes())
+    raw[26:28] = struct.pack("<H", 3000)  # first local header's name length: zipfile quotes 3 KB of bytes
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="is damaged and cannot be unpacked") as caught:
+        extract_zip(archive, tmp_path / "dest")
+    assert len(str(caught.value)) < 250 and str(caught.value).isprintable()
+
+
+@pytest.mark.filterwarnings("ignore:Duplicate name")
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([("good/ok.png", b"again")], "holds two files named 'good/ok.png'"),
+        ([("good\\ok.png", b"again")], "holds two files named 'good/ok.png'"),  # the same name, Windows-style
+        ([("good/ok.png/x.png", b"x")], "holds both a file and a folder named 'good/ok.png'"),
+        ([("bad/x", b"x"), ("bad/x/y.png", b"y")], "holds both a file and a folder named 'bad/x'"),
+    ],
+)
+def test_clashing_zip_entry_names_are_refused_naming_them_before_anything_is_written(tmp_path, entries, message):
+    archive = _zip_with(tmp_path, entries)
+    with pytest.raises(DataError, match=message):
+        extract_zip(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_zip_entries_with_a_name_too_long_or_nested_too_deeply_are_skipped_and_reported(tmp_path):
+    src = make_classes(tmp_path / "src" / "wrapper", {"a": 2, "b": 2})
+    long_name = "wrapper/a/" + "é" * 128 + ".png"  # 260 bytes: over any filesystem's 255
+    deep_name = "wrapper/b/" + "d/" * 63 + "x.png"  # 66 parts
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(src.rglob("*.png")):
+            zf.write(path, path.relative_to(src.parent).as_posix())
+        zf.writestr(long_name, image_bytes())
+        zf.writestr(deep_name, image_bytes())
+    ds = open_dataset(archive, workdir=tmp_path / "run")
+    assert ds.root.name == "wrapper" and sum(ds.report["totals"].values()) == 4
+    assert skipped_reasons(ds) == {  # paths inside the dataset root, as for every skipped file
+        long_name.removeprefix("wrapper/"): "name too long",
+        deep_name.removeprefix("wrapper/"): "nested too deeply (more than 64 folders)",
+    }
+
+
+def test_a_zip_whose_every_file_is_skipped_says_why(tmp_path):
+    archive = tmp_path / "upload.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/" + "x" * 300 + ".png", image_bytes())
+    with pytest.raises(DataError, match=r"None of the files in upload.zip can be unpacked \(name too long: 'a/xxx"):
+        extract_zip(archive, tmp_path / "dest")
+    assert not (tmp_path / "dest").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # Zip safety
 # ---------------------------------------------------------------------------------------------
@@ -577,8 +670,12 @@ def test_duplicate_photos_are_grouped(tmp_path):
     photo = (tmp_path / "a" / "a_00.png").read_bytes()
     (tmp_path / "a" / "again.png").write_bytes(photo)
     (tmp_path / "b" / "mislabelled.png").write_bytes(photo)
+    (tmp_path / "a" / "nested").mkdir()
+    (tmp_path / "a" / "nested" / "third.png").write_bytes(photo)
     ds = open_dataset(tmp_path)
-    assert ds.report["duplicates"] == [{"paths": ["a/a_00.png", "a/again.png", "b/mislabelled.png"]}]
+    copies = ["a/a_00.png", "a/again.png", "a/nested/third.png", "b/mislabelled.png"]
+    assert ds.report["duplicates"] == [{"paths": copies}]
+    assert sum(ds.report["totals"].values()) == 9  # each copy counted once
     assert any("identical" in w for w in ds.report["warnings"])
 
 
@@ -670,12 +767,37 @@ def test_assemble_class_folders_copies_uploads_and_keeps_colliding_names(tmp_pat
         (["train", "dog"], "reserved"),
         (["Cat", "cat "], "Two classes"),
         (["cat"], "At least 2"),
+        (["x" * 101, "dog"], "too long: class names can have at most 100 characters"),
+        (["é" * 128, "dog"], "too long"),  # 128 characters, 256 bytes: one over the filesystem's limit
+        (["🌭" * 64, "dog"], "too long"),  # 64 characters, but 256 bytes
+        (["a\udc00b", "dog"], "no folder name can hold"),  # a lone surrogate
     ],
 )
 def test_assemble_class_folders_refuses_bad_class_names(tmp_path, names, message):
     photo = write_image(tmp_path / "p.png")
     with pytest.raises(DataError, match=message):
         assemble_class_folders({name: [photo] for name in names}, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_assemble_class_folders_accepts_names_at_the_limits_and_shortens_long_file_names(tmp_path):
+    photo = write_image(tmp_path / "uploads" / ("p" * 250 + ".png"))  # 254 bytes: no room for a "_1"
+    classes = {"x" * 100: [photo, photo], "é" * 100: [photo]}  # 100 characters; 200 bytes
+    dest = assemble_class_folders(classes, tmp_path / "out")
+    copies = sorted(p.name for p in (dest / ("x" * 100)).iterdir())
+    assert len(copies) == 2 and all(len(name.encode()) <= 255 for name in copies)
+    assert sorted(open_dataset(dest).labels) == sorted(classes)
+
+
+def test_assemble_class_folders_turns_a_filesystem_error_into_a_data_error_and_cleans_up(tmp_path, monkeypatch):
+    photo = write_image(tmp_path / "p.png")
+
+    def refuse(src, dst):
+        raise OSError(36, "File name too long", str(dst))
+
+    monkeypatch.setattr(data_module.shutil, "copyfile", refuse)
+    with pytest.raises(DataError, match="The photos for class 'cat' could not be stored: File name too long"):
+        assemble_class_folders({"cat": [photo], "dog": [photo]}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

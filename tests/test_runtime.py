@@ -98,6 +98,40 @@ def test_runtime_preprocessing_matches_torchvision_eval_transform(tmp_path, kind
     assert np.abs(ours - reference).max() < 1e-5
 
 
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"resize": 5000, "crop": 224}, "resize"),  # over 4096: a model could make the runtime allocate GBs per photo
+        ({"crop": 0}, "crop"),
+        ({"crop": 300}, "crop"),  # over resize
+        ({"resize": 256.0}, "resize"),
+        ({"resize": True}, "resize"),
+        ({"crop": "224"}, "crop"),
+        ({"mean": (0.5, 0.5)}, "mean"),
+        ({"mean": (0.5,) * 4}, "mean"),
+        ({"mean": "abc"}, "mean"),
+        ({"mean": (float("nan"), 0.5, 0.5)}, "mean"),
+        ({"std": (0, 1, 1)}, "std"),
+        ({"std": (-0.2, 0.2, 0.2)}, "std"),
+        ({"std": (float("inf"), 1, 1)}, "std"),
+        ({"std": None}, "std"),
+        ({"interpolation": "magic"}, "interpolation"),
+        ({"interpolation": ["bilinear"]}, "interpolation"),
+    ],
+)
+def test_preprocess_spec_refuses_a_bad_field_naming_it(fields, named):
+    with pytest.raises(ValueError, match=named):
+        PreprocessSpec(**fields)
+
+
+def test_preprocess_spec_accepts_its_limits_and_numpy_numbers_and_round_trips():
+    spec = PreprocessSpec(resize=np.int64(4096), crop=4096, mean=np.zeros(3), std=[1, 2, 3])
+    assert (spec.resize, spec.mean, spec.std) == (4096, (0.0, 0.0, 0.0), (1.0, 2.0, 3.0))
+    assert type(spec.resize) is int and PreprocessSpec.from_dict(spec.to_dict()) == spec
+    with pytest.raises(ValueError, match="must be a JSON object"):
+        PreprocessSpec.from_dict([256, 224])
+
+
 def test_exif_orientation_is_applied_before_preprocessing(tmp_path):
     assert load_rgb(save_photo("exif_rotated", tmp_path)).size == (80, 120)
 
@@ -242,6 +276,10 @@ def make_bad_file(kind: str, folder: Path, good: Path) -> Path:
         return metadata_model(folder / "small.onnx", ["N", 3, 32, 32], ours())
     if kind == "one_channel":
         return metadata_model(folder / "grey.onnx", ["N", 1, CROP, CROP], ours())
+    if kind in ("absurd_resize", "two_channel_mean"):
+        change = {"resize": 100_000} if kind == "absurd_resize" else {"mean": [0.5, 0.5]}
+        spec = json.dumps({**PreprocessSpec(resize=73, crop=CROP).to_dict(), **change})
+        return metadata_model(folder / f"{kind}.onnx", ["N", 3, CROP, CROP], {**ours(), "preprocessing": spec})
     raise ValueError(kind)
 
 
@@ -258,6 +296,8 @@ def make_bad_file(kind: str, folder: Path, good: Path) -> Path:
         ("malformed_metadata", "has malformed metadata"),
         ("wrong_input_shape", r"input of shape \['N', 3, 32, 32\], but its preprocessing produces \['N', 3, 64, 64\]"),
         ("one_channel", r"input of shape \['N', 1, 64, 64\]"),
+        ("absurd_resize", r"malformed metadata: 'preprocessing': .*resize \(100000\) must satisfy .* <= 4096"),
+        ("two_channel_mean", r"malformed metadata: 'preprocessing': .*mean must be 3 numbers"),
     ],
 )
 def test_unusable_model_files_raise_model_load_error_with_clear_text(model_path, tmp_path, kind, message):

@@ -222,6 +222,7 @@ def test_cli_fit_prints_the_data_summary_and_writes_the_run(photos, tmp_path):
     [
         (["--weights", "none", "--scheduler", "StepLR", "--param", "step_size=0"], "step_size must be at least 1"),
         (["--weights", "none", "--val-fraction", "1.5"], "val_fraction must be between 0 and 1"),
+        (["--weights", "none", "--image-size", "5000"], "image_size must be at most 1024"),
         (["--weights", "/no/such/file.pth"], "does not exist"),
     ],
 )

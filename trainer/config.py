@@ -102,6 +102,8 @@ class TrainConfig:
         _at_least("batch_size", self.batch_size, 1)
         _at_least("epochs", self.schedule.epochs, 1)
         _at_least("image_size", self.image_size, 32)
+        if self.image_size > 1024:
+            raise ConfigError(f"image_size must be at most 1024 pixels, got {self.image_size}")
         _at_least("head_epochs", self.head_epochs, 0)
         _at_least("patience", self.patience, 0)
         if not self.schedule.lr > 0:

@@ -10,20 +10,19 @@ the trainer caches. No gradio, no torch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
-import json
 import os
 import random
 import re
 import shutil
 import stat
-import tempfile
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from PIL import Image
 
@@ -43,6 +42,15 @@ SPLITS = ("train", "val", "test")
 MAX_ZIP_BYTES = 2 * 1024**3
 MAX_ZIP_FILES = 50_000
 IMBALANCE_RATIO = 3.0
+
+# Photos grouped by date or album sit a few folders below their class folder; anything deeper than
+# this is skipped ("nested too deeply"), and zip entries with more path parts are not unpacked.
+MAX_CLASS_DEPTH = 32
+MAX_ZIP_PARTS = 64
+# What Linux and macOS filesystems accept: one name, and a whole path.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 4095
+MAX_CLASS_NAME = 100
 
 _CHUNK = 1024 * 1024
 
@@ -102,36 +110,74 @@ def is_hidden(name: str) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def extract_zip(zip_path, dest, max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES) -> Path:
+def extract_zip(
+    zip_path, dest, max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES, skipped: list | None = None
+) -> Path:
     """Extract an uploaded zip into `dest` (absent or empty) and return the dataset root inside it.
 
     The whole archive is checked before anything is written; a refused archive leaves no trace.
     Sizes are counted while extracting too, because the declared sizes are written by the uploader.
+    Entries that cannot be unpacked on their own (a name too long, nested too deeply) are left out
+    and appended to `skipped` as {"path", "reason"}, paths as in the zip.
     """
     zip_path, dest = Path(zip_path), Path(dest)
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise ValueError(f"extract_zip needs an empty destination folder, {dest} is not one")
+    name = zip_path.name
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError, EOFError):
-        raise DataError(f"{zip_path.name} is not a valid .zip file (it may be damaged or another format)") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        raise DataError(f"{name} is not a valid .zip file (it may be damaged or another format)") from None
+    except NotImplementedError:
+        # e.g. a 'version needed to extract' above what Python's zipfile reads.
+        raise DataError(f"{name} {_UNSUPPORTED}") from None
+    left_out: list[dict] = []
     with archive:
-        members = _checked_members(archive, zip_path.name, max_bytes, max_files)
+        root = dest.resolve()  # once: every entry is checked against it as a string
+        members = _checked_members(archive, name, max_bytes, max_files, root, left_out)
+        if not members and left_out:
+            first = left_out[0]
+            raise DataError(f"None of the files in {name} can be unpacked ({first['reason']}: {_shown(first['path'])})")
         if not members:
-            raise DataError(f"{zip_path.name} is empty: it contains no files")
+            raise DataError(f"{name} is empty: it contains no files")
         created = not dest.exists()
         dest.mkdir(parents=True, exist_ok=True)
         try:
-            _extract_members(archive, members, dest.resolve(), zip_path.name, max_bytes)
+            _extract_members(archive, members, root, name, max_bytes)
         except BaseException:
             # A half-extracted upload must not be mistaken for a dataset later.
             _empty_folder(dest, remove=created)
             raise
+    if skipped is not None:
+        skipped.extend(left_out)
     return find_root(dest)
 
 
+_UNSUPPORTED = "uses a zip feature this app cannot unpack; re-create the zip with a standard tool"
+_FILE = object()  # a file's node in _checked_members' tree of names (folders are dicts)
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """A name from an upload as a short, printable quote for a message."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else quoted[: limit - 4] + "...'"
+
+
+def _excerpt(exc: BaseException, limit: int = 120) -> str:
+    """An exception's text as a short, printable excerpt (zipfile's can hold kilobytes of raw bytes)."""
+    text = "".join(ch if ch.isprintable() else " " for ch in " ".join(str(exc).split()))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _fs_bytes(text: str) -> int:
+    try:
+        return len(os.fsencode(text))
+    except UnicodeError:  # a lone surrogate: no filesystem name can hold it
+        return MAX_PATH_BYTES + 1
+
+
 def _checked_members(
-    archive: zipfile.ZipFile, name: str, max_bytes: int, max_files: int
+    archive: zipfile.ZipFile, name: str, max_bytes: int, max_files: int, dest: Path, skipped: list
 ) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
     """Refuse unsafe archives outright; return the (entry, safe relative path) pairs worth extracting."""
     infos = archive.infolist()
@@ -140,31 +186,57 @@ def _checked_members(
     declared = sum(info.file_size for info in infos)
     if declared > max_bytes:
         raise DataError(f"{name} would unpack to {declared:,} bytes; the limit is {max_bytes:,}")
+    room = MAX_PATH_BYTES - _fs_bytes(str(dest)) - 1
     members = []
+    tree: dict = {}  # the kept names as nested folders, to find clashes before anything is written
     for info in infos:
         # Some Windows tools write backslashes; treat them as separators so they cannot hide a `..`.
         entry = info.filename.replace("\\", "/")
         parts = [p for p in entry.split("/") if p not in ("", ".")]
         if entry.startswith("/") or re.match(r"^[A-Za-z]:", entry) or ".." in parts:
-            raise DataError(f"{name} is unsafe: the entry {info.filename!r} points outside the archive folder")
+            raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} points outside the archive folder")
         if stat.S_ISLNK(info.external_attr >> 16):
-            raise DataError(f"{name} is unsafe: the entry {info.filename!r} is a symbolic link")
+            raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} is a symbolic link")
         if info.flag_bits & 0x1:
             raise DataError(f"{name} is password-protected; upload an unencrypted zip")
         if info.is_dir() or not parts or any(is_hidden(p) for p in parts):
             continue
+        rel = "/".join(parts)
+        if len(parts) > MAX_ZIP_PARTS:
+            skipped.append({"path": rel, "reason": f"nested too deeply (more than {MAX_ZIP_PARTS} folders)"})
+            continue
+        if any(_fs_bytes(p) > MAX_NAME_BYTES for p in parts):
+            skipped.append({"path": rel, "reason": "name too long"})
+            continue
+        if _fs_bytes(rel) > room:
+            skipped.append({"path": rel, "reason": "path too long"})
+            continue
+        node = tree
+        for depth, part in enumerate(parts[:-1], 1):
+            node = node.setdefault(part, {})
+            if node is _FILE:
+                clash = "/".join(parts[:depth])
+                raise DataError(f"{name} holds both a file and a folder named {_shown(clash)}; rename one of them")
+        existing = node.get(parts[-1])
+        if existing is _FILE:
+            raise DataError(f"{name} holds two files named {_shown(rel)}; rename or remove one of them")
+        if existing is not None:
+            raise DataError(f"{name} holds both a file and a folder named {_shown(rel)}; rename one of them")
+        node[parts[-1]] = _FILE
         members.append((info, PurePosixPath(*parts)))
     return members
 
 
 def _extract_members(archive, members, dest: Path, name: str, max_bytes: int) -> None:
     written = 0
-    try:
-        for info, rel in members:
-            target = dest.joinpath(*rel.parts)
-            # Belt and braces over the name checks: nothing may resolve outside dest.
-            if not target.resolve().is_relative_to(dest):
-                raise DataError(f"{name} is unsafe: the entry {info.filename!r} points outside the archive folder")
+    prefix = os.path.join(dest, "")
+    for info, rel in members:
+        target = dest.joinpath(*rel.parts)
+        # Belt and braces over the name checks (relative, no `..`, no links in the archive, a fresh
+        # folder): the joined path must stay under dest. A string check, so deep entries stay cheap.
+        if not os.path.normpath(target).startswith(prefix):
+            raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} points outside the archive folder")
+        try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(info) as src, open(target, "xb") as out:
                 while chunk := src.read(_CHUNK):
@@ -172,14 +244,28 @@ def _extract_members(archive, members, dest: Path, name: str, max_bytes: int) ->
                     if written > max_bytes:
                         raise DataError(f"{name} unpacks to more than the limit of {max_bytes:,} bytes")
                     out.write(chunk)
-    except DataError:
-        raise
-    except (zipfile.BadZipFile, EOFError, RuntimeError, NotImplementedError, ValueError) as exc:
-        # Bad CRC or compressed data, encryption, an unsupported compression method, a NUL in a name.
-        raise DataError(f"{name} is damaged and cannot be unpacked ({exc})") from None
-    except OSError as exc:
-        # e.g. an entry that is both a file and a folder, or a name this filesystem refuses.
-        raise DataError(f"{name} cannot be unpacked: {exc.strerror or exc}") from None
+        except DataError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- sorted into messages below; nothing else may escape
+            raise _unpack_error(name, info, exc) from None
+
+
+def _unpack_error(name: str, info: zipfile.ZipInfo, exc: Exception) -> DataError:
+    """What went wrong unpacking one entry, in words, with at most a short excerpt of the library's text."""
+    if isinstance(exc, NotImplementedError):  # e.g. a compression method zipfile does not have
+        return DataError(f"{name} {_UNSUPPORTED} ({_excerpt(exc)})")
+    if isinstance(exc, RuntimeError) and "encrypted" in str(exc):
+        return DataError(f"{name} is password-protected; upload an unencrypted zip")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        # The filesystem refused (the archive itself was read fine): say which way.
+        if exc.errno == errno.ENOSPC:
+            return DataError(f"There is not enough disk space to unpack {name}")
+        if exc.errno == errno.ENAMETOOLONG:
+            return DataError(f"{name} holds a name too long for this computer: {_shown(info.filename)}")
+        return DataError(f"{name} cannot be unpacked here: {exc.strerror or _excerpt(exc)} ({_shown(info.filename)})")
+    # Bad CRC or compressed data (zlib, lzma and bz2 raise their own errors), a cut-off archive, headers
+    # that disagree: zipfile's text can quote kilobytes of raw bytes, so only its start is kept.
+    return DataError(f"{name} is damaged and cannot be unpacked ({_excerpt(exc)})")
 
 
 def _empty_folder(folder: Path, remove: bool) -> None:
@@ -196,7 +282,7 @@ def _empty_folder(folder: Path, remove: bool) -> None:
 def find_root(folder) -> Path:
     """Descend through single wrapper folders (`food/` in `food/train/...`) to the dataset root."""
     root = Path(folder)
-    while True:
+    for _ in range(MAX_CLASS_DEPTH):  # a chain of lone folders ends somewhere sensible
         entries = _sorted_entries(root)
         if len(entries) != 1 or not entries[0].is_dir(follow_symlinks=False):
             return root
@@ -207,6 +293,7 @@ def find_root(folder) -> Path:
         if not any(e.is_dir(follow_symlinks=False) for e in _sorted_entries(inner)):
             return root
         root = inner
+    return root
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,12 +343,12 @@ class _Scan:
 
     def _walk_class(self, folder: str, label: str, split: str) -> None:
         # Subfolders inside a class folder are still that class (e.g. photos grouped by date).
-        for entry in _sorted_entries(folder):
+        for entry, depth in self._walk(folder):
             rel = self.rel(entry.path)
             if entry.is_symlink():
                 self.skip(rel, "symbolic link")
-            elif entry.is_dir(follow_symlinks=False):
-                self._walk_class(entry.path, label, split)
+            elif depth > MAX_CLASS_DEPTH:
+                self.skip(rel, f"nested too deeply (more than {MAX_CLASS_DEPTH} folders inside its class folder)")
             elif not entry.is_file(follow_symlinks=False):
                 self.skip(rel, "not a regular file")
             elif os.path.splitext(entry.name)[1].lower() not in IMAGE_EXTENSIONS:
@@ -270,11 +357,25 @@ class _Scan:
                 self.candidates.append(_Candidate(rel, label, split))
 
     def skip_tree(self, folder: str, reason: str) -> None:
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = [d for d in dirnames if not is_hidden(d)]
-            for filename in filenames:
-                if not is_hidden(filename):
-                    self.skip(self.rel(os.path.join(dirpath, filename)), reason)
+        for entry, _ in self._walk(folder):
+            self.skip(self.rel(entry.path), reason)
+
+    def _walk(self, folder: str) -> Iterator[tuple[os.DirEntry, int]]:
+        """Every visible entry below `folder` that is not a folder, with how many folders down it is.
+
+        Iterative, so no depth of nesting can exhaust the stack; links are not followed. A folder that
+        cannot be listed (e.g. its path is longer than the system allows) is skipped with the reason.
+        """
+        stack = [(folder, 0)]
+        while stack:
+            current, depth = stack.pop()
+            try:
+                entries = _sorted_entries(current)
+            except OSError as exc:
+                self.skip(self.rel(current), f"folder cannot be read ({exc.strerror or type(exc).__name__})")
+                continue
+            stack.extend((e.path, depth + 1) for e in reversed(entries) if e.is_dir(follow_symlinks=False))
+            yield from ((e, depth) for e in entries if not e.is_dir(follow_symlinks=False))
 
 
 def _sorted_entries(folder) -> list[os.DirEntry]:
@@ -438,17 +539,25 @@ def open_dataset(
     source = Path(source)
     if not source.exists():
         raise DataError(f"{source} does not exist")
-    if source.is_dir():
-        root = find_root(source.resolve())
-    else:
-        if workdir is None:
-            raise ValueError("open_dataset needs a workdir to extract a zip into")
-        dest = Path(workdir) / "data"
-        if dest.is_dir() and not dest.is_symlink():
-            shutil.rmtree(dest)
-        root = extract_zip(source, dest).resolve()
-
-    scan, layout, folders = _scan(root)
+    unpacked: list[dict] = []  # zip entries left out, paths as in the zip
+    try:
+        if source.is_dir():
+            root = find_root(source.resolve())
+        else:
+            if workdir is None:
+                raise ValueError("open_dataset needs a workdir to extract a zip into")
+            dest = Path(workdir) / "data"
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            root = extract_zip(source, dest, skipped=unpacked).resolve()
+        scan, layout, folders = _scan(root)
+    except OSError as exc:  # e.g. the folder given cannot be listed
+        raise DataError(f"{source.name} cannot be read: {exc.strerror or _excerpt(exc)}") from None
+    if unpacked:
+        inside = root.relative_to(dest.resolve()).as_posix() + "/" if root != dest.resolve() else ""
+        for item in unpacked:
+            path = item["path"]
+            scan.skip(path[len(inside) :] if inside and path.startswith(inside) else path, item["reason"])
     if not scan.candidates:
         raise DataError(
             f"No photos found in {source.name}. Expected one folder per class with photos "
@@ -523,8 +632,8 @@ def open_dataset(
 def assemble_class_folders(classes: dict[str, list], dest) -> Path:
     """Copy {class name: [uploaded files]} into dest/<class>/ (the Teachable-Machine-style UI) and return dest.
 
-    Class names become folder names, so they are checked: non-empty, no path separators or `..`,
-    not hidden, not a train/val/test folder name, and unique ignoring case.
+    Class names become folder names, so they are checked: non-empty, at most 100 characters, no path
+    separators or `..`, not hidden, not a train/val/test folder name, and unique ignoring case.
     """
     cleaned: dict[str, list[Path]] = {}
     seen: set[str] = set()
@@ -532,6 +641,15 @@ def assemble_class_folders(classes: dict[str, list], dest) -> Path:
         name = str(raw).strip()
         if not name:
             raise DataError("A class has an empty name; give every class a name")
+        try:
+            size = len(os.fsencode(name))
+        except UnicodeError:
+            raise DataError(f"Class name {_shown(name)} holds characters no folder name can hold") from None
+        if len(name) > MAX_CLASS_NAME or size > MAX_NAME_BYTES:
+            raise DataError(
+                f"Class name {_shown(name)} is too long: class names can have at most {MAX_CLASS_NAME} characters "
+                f"({MAX_NAME_BYTES} bytes as UTF-8)"
+            )
         if "/" in name or "\\" in name or ".." in name or any(ord(ch) < 32 for ch in name):
             raise DataError(f"Class name {name!r} cannot contain '/', '\\', '..' or control characters")
         if is_hidden(name):
@@ -548,21 +666,38 @@ def assemble_class_folders(classes: dict[str, list], dest) -> Path:
         raise DataError("At least 2 classes are needed")
 
     dest = Path(dest)
-    for name, files in cleaned.items():
-        folder = dest / name
-        folder.mkdir(parents=True, exist_ok=True)
-        for src in files:
-            if not src.is_file():
-                raise DataError(f"The uploaded file {src.name} for class '{name}' is missing")
-            # A leading dot would make the copy a hidden file, which scanning ignores.
-            shutil.copyfile(src, _unique_path(folder, src.name.lstrip(".") or "photo"))
+    created = not dest.exists()
+    try:
+        for name, files in cleaned.items():
+            folder = dest / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for src in files:
+                if not src.is_file():
+                    raise DataError(f"The uploaded file {_shown(src.name)} for class '{name}' is missing")
+                # A leading dot would make the copy a hidden file, which scanning ignores.
+                shutil.copyfile(src, _unique_path(folder, src.name.lstrip(".") or "photo"))
+    except (OSError, DataError) as exc:
+        if created:  # leave no half-assembled dataset behind
+            shutil.rmtree(dest, ignore_errors=True)
+        if isinstance(exc, DataError):
+            raise
+        if exc.errno == errno.ENOSPC:
+            raise DataError("There is not enough disk space to store the uploaded photos") from None
+        raise DataError(
+            f"The photos for class '{name}' could not be stored: {exc.strerror or _excerpt(exc)}"
+        ) from None
     return dest
 
 
 def _unique_path(folder: Path, filename: str) -> Path:
     # Uploads from different phones often share names (IMG_0001.jpg); keep them all.
-    candidate = folder / filename
     stem, suffix = os.path.splitext(filename)
+    # Names near the filesystem's limit are shortened, to leave room for the "_N" counter.
+    while stem and _fs_bytes(stem + suffix) > MAX_NAME_BYTES - 8:
+        stem = stem[:-1]
+    if not stem:
+        stem, suffix = "photo", suffix[:16]
+    candidate = folder / f"{stem}{suffix}"
     n = 1
     while candidate.exists():
         candidate = folder / f"{stem}_{n}{suffix}"
