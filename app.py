@@ -665,8 +665,10 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     weights.change(lambda w: gr.update(visible=w == "file"), weights, weights_file, queue=False)
     add_class.click(lambda c: set_class_count(c, 1), class_count, [class_count, *class_rows], queue=False)
     remove_class.click(lambda c: set_class_count(c, -1), class_count, [class_count, *class_rows], queue=False)
-    check.click(check_photos, [source, zip_file, folder, class_count, *class_names, *class_files],
-                [data_state, report_md, samples], api_visibility="private")
+    check_inputs = [source, zip_file, folder, class_count, *class_names, *class_files]
+    check.click(check_photos, check_inputs, [data_state, report_md, samples], api_visibility="private")
+    # A zip is the whole dataset: its report comes as soon as it is uploaded.
+    zip_file.upload(check_photos, check_inputs, [data_state, report_md, samples], api_visibility="private")
     take_schedule.click(take_studio_schedule, current_schedule, [scheduler, params, lr, epochs, warmup, step_per],
                         queue=False)
     find_button.click(find_lr, [data_state, *form], [finder_plot, finder_md, suggested, use_lr], concurrency_limit=1,

@@ -2,7 +2,7 @@
 
 The baseline is the loop from the classic transfer-learning tutorials, written faithfully:
 `ImageFolder` + `DataLoader` decoding every JPEG every epoch, the frozen backbone run forward on
-every image every epoch, the head trained. Both sides use the same split, seed, head
+every image every epoch, the head trained, a validation phase each epoch keeping the best weights. Both sides use the same split, seed, head
 initialisation, batch order, optimizer and schedule, so the linear probe must end with the same
 head predictions. Each measurement runs in its own process so peak memory (max RSS) is its own.
 
@@ -12,6 +12,7 @@ head predictions. Each measurement runs in its own process so peak memory (max R
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -72,6 +73,7 @@ def run_plain(data: str, strategy: str, epochs: int, image_size: int) -> dict:
     train_set = subset([rel for rel, _ in split["files"]["train"]])
     val_rels = [rel for rel, _ in split["files"]["val"]]
     val_set = subset(val_rels)
+    targets = [where[rel][0].samples[where[rel][1]][1] for rel in val_rels]
     classes = next(iter(folders.values())).classes
     torch.manual_seed(config.seed)
     model = create_model("resnet18", len(classes), "none")
@@ -84,6 +86,19 @@ def run_plain(data: str, strategy: str, epochs: int, image_size: int) -> dict:
     criterion = nn.CrossEntropyLoss()
     loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(config.seed))
+    val_loader = DataLoader(val_set, batch_size=config.batch_size)
+
+    def evaluate():
+        model.eval()
+        loss, predictions = 0.0, []
+        with torch.no_grad():
+            for x, y in val_loader:
+                logits = model(x)
+                loss += criterion(logits, y).item() * len(y)
+                predictions += logits.argmax(1).tolist()
+        return loss / len(val_set), predictions
+
+    best_key, best_state = None, None
     for _ in range(epochs):
         model.train()
         if frozen:
@@ -101,12 +116,13 @@ def run_plain(data: str, strategy: str, epochs: int, image_size: int) -> dict:
             loss.backward()
             optimizer.step()
         scheduler.step()
-    model.eval()
-    predictions = []
-    with torch.no_grad():
-        for x, _ in DataLoader(val_set, batch_size=config.batch_size):
-            predictions += model(x).argmax(1).tolist()
-    targets = [where[rel][0].samples[where[rel][1]][1] for rel in val_rels]
+        # The tutorial's val phase: keep the weights of the best epoch (ties broken by the lower loss, as fit does).
+        val_loss, predictions = evaluate()
+        key = (sum(p == t for p, t in zip(predictions, targets)), -val_loss)
+        if best_key is None or key > best_key:
+            best_key, best_state = key, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    _, predictions = evaluate()
     seconds = time.perf_counter() - started
     order = sorted(range(len(val_rels)), key=lambda i: val_rels[i])
     return {"seconds": seconds, "predictions": [predictions[i] for i in order], "paths": [val_rels[i] for i in order],
