@@ -23,13 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,14 +52,6 @@ def tiny_config(seed: int, epochs: int = 1) -> dict:
 def photos() -> list[str]:
     """The photos the app ships: its examples and the sample dataset."""
     return sorted(str(p) for folder in ("examples", "sample") for p in (ASSETS / folder).rglob("*.jpg"))
-
-
-def zip_folder(folder: Path, archive: Path) -> Path:
-    with zipfile.ZipFile(archive, "w") as zf:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                zf.write(path, path.relative_to(folder).as_posix())
-    return archive
 
 
 def loopback_only(url: str) -> str:
@@ -329,7 +321,7 @@ def main() -> None:
     print(f"app at {url} ({'in this process' if app else 'external'}); {os.cpu_count()} CPU cores")
     failed = False
     workdir = Path(tempfile.mkdtemp(prefix="bench-load-"))
-    sample_zip = zip_folder(ASSETS / "sample", workdir / "sample.zip")
+    sample_zip = Path(shutil.make_archive(str(workdir / "sample"), "zip", root_dir=ASSETS / "sample"))
 
     from gradio_client import handle_file
 
