@@ -9,23 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
-from torch import nn
 
 from models.__main__ import get_args_parser
-from models.backbones import create_model, preprocessing_for
+from test_export import LABELS, SPEC, colour_photo, fit_colour_model
 from trainer.config import RunConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
-LABELS = ["red", "green", "blue"]
-COLOURS = [(220, 30, 30), (30, 200, 40), (30, 40, 220)]
-SPEC = preprocessing_for("resnet18", 64)
-
-
-def colour_photo(rng, label: int, width: int, height: int) -> Image.Image:
-    noise = rng.normal(0, 40, (height, width, 3))
-    return Image.fromarray(np.clip(np.array(COLOURS[label]) + noise, 0, 255).astype(np.uint8))
 
 
 def make_run(root: Path, per_class: int = 12) -> Path:
@@ -44,22 +34,7 @@ def make_run(root: Path, per_class: int = 12) -> Path:
         files["val" if i >= 2 * per_class else "train"].append([rel, LABELS[label]])
         inputs.append(SPEC.to_array(image))
         targets.append(label)
-    torch.manual_seed(0)
-    model = create_model("resnet18", len(LABELS), "none")
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None  # cumulative average: running stats become this batch's statistics
-    x, y = torch.from_numpy(np.stack(inputs)), torch.tensor(targets)
-    model.train()
-    with torch.no_grad():
-        model(x)
-        features = torch.flatten(nn.Sequential(*list(model.children())[:-1]).eval()(x), 1)
-    optimizer = torch.optim.Adam(model.fc.parameters(), lr=0.01)
-    for _ in range(100):
-        loss = nn.functional.cross_entropy(model.fc(features), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    model = fit_colour_model(torch.from_numpy(np.stack(inputs)), torch.tensor(targets))
     config = RunConfig(TrainConfig(arch="resnet18", weights="none", image_size=64), LABELS, SPEC.to_dict())
     (run / "config.json").write_text(json.dumps(config.to_dict()))
     save_file(model.eval().state_dict(), str(run / "model.safetensors"))
