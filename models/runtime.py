@@ -171,6 +171,7 @@ class OnnxClassifier:
             raise ModelLoadError("CUDA was requested but ONNX Runtime could not start its CUDA provider")
         self.labels, self.spec, self.config = self._read_metadata()
         self._check_signature()
+        self._check_runs()
         self.use_io_binding = self.provider == "CUDAExecutionProvider" if use_io_binding is None else use_io_binding
         self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._device_id = CUDA_PROVIDER_OPTIONS["device_id"] if self._device == "cuda" else 0
@@ -232,6 +233,26 @@ class OnnxClassifier:
         classes = logits[-1]
         if isinstance(classes, int) and classes != len(self.labels):
             raise ModelLoadError(f"{self.name} outputs {classes} classes but its metadata lists {len(self.labels)} labels")
+
+    def _check_runs(self) -> None:
+        """One inference on a blank photo: a damaged graph can load and still fail in every run.
+
+        It doubles as the warm-up, so the first request does not pay for ORT's lazy initialisation.
+        """
+        import onnxruntime as ort
+
+        quiet = ort.RunOptions()
+        quiet.log_severity_level = 4  # the failure becomes this ModelLoadError, not an error log as well
+        blank = np.zeros((1, 3, self.spec.crop, self.spec.crop), dtype=np.float32)
+        try:
+            logits = self.session.run([LOGITS_NAME], {INPUT_NAME: blank}, quiet)[0]
+        except Exception as exc:  # noqa: BLE001 -- ORT raises Fail, RuntimeException... for a graph that cannot run
+            raise ModelLoadError(f"{self.name} loads but fails to run: {_ort_message(exc)}") from None
+        if logits.shape != (1, len(self.labels)):  # the class count can be symbolic in the signature
+            raise ModelLoadError(
+                f"{self.name} outputs logits of shape {list(logits.shape)} for one photo but its metadata lists "
+                f"{len(self.labels)} labels"
+            )
 
     def preprocess(self, image: Image.Image | str | os.PathLike) -> np.ndarray:
         """A PIL image or a photo's path -> the (3, crop, crop) float32 input; UnreadableImage if unusable."""

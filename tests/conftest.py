@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
 from PIL import Image
 
 from trainer.config import ScheduleConfig, TrainConfig
@@ -18,6 +19,11 @@ COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
 # Two cores: let torch use both, and never more (tests also start app servers and subprocesses).
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Locally, every run draws new fuzz cases (that is how they find bugs); CI draws the same ones each
+# time, so a landing never depends on luck. A case found locally becomes a fixed test.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 # The app keeps its runs under this folder; tests never write into the working tree.
 os.environ["TRANSFER_STUDIO_DATA_DIR"] = tempfile.mkdtemp(prefix="transfer-studio-test-")
 

@@ -1048,6 +1048,24 @@ def tiny_model(input_shape=("N", 3, CROP, CROP), metadata: dict | None = None, i
     return model.SerializeToString()
 
 
+def conv_model(kernel_shape: list[int]) -> bytes:
+    """A 3x3 convolution then pooling, its kernel_shape attribute set independently of its weights.
+
+    A flipped bit in a real model's kernel_shape makes such a file: it loads, and every run fails.
+    """
+    weights = helper.make_tensor("W", TensorProto.FLOAT, [3, 3, 3, 3], [0.1] * 81)
+    nodes = [helper.make_node("Conv", ["input", "W"], ["conv"], kernel_shape=kernel_shape, pads=[1, 1, 1, 1]),
+             helper.make_node("GlobalAveragePool", ["conv"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["logits"])]
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                            ["N", 3, CROP, CROP])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    for key, value in our_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+    return model.SerializeToString()
+
+
 def non_utf8(data: bytes, marker: bytes) -> bytes:
     """`data` with `marker` (a same-length placeholder) replaced by bytes that are not UTF-8."""
     assert data.count(marker) == 1
@@ -1109,6 +1127,7 @@ BAD_MODELS = {
     "labels not names": (lambda: tiny_model(metadata=our_metadata(labels="[1, 2, 3]")), "must be a non-empty list"),
     "labels repeated": (lambda: tiny_model(metadata=our_metadata(labels='["a", "a", "b"]')), "repeats a name"),
     "labels count wrong": (lambda: tiny_model(metadata=our_metadata(labels='["a", "b"]')), "outputs 3 classes"),
+    "conv kernel disagrees with its weights": (lambda: conv_model(kernel_shape=[1, 3]), "loads but fails to run"),
     "preprocessing not JSON": (lambda: tiny_model(metadata=our_metadata(preprocessing="{resize")), "malformed"),
     "preprocessing keys missing": (lambda: tiny_model(metadata=our_metadata(preprocessing='{"crop": 8}')), "malformed"),
     "preprocessing a list": (lambda: tiny_model(metadata=our_metadata(preprocessing="[1]")), "malformed"),
