@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -39,6 +40,13 @@ def write_photos(root: Path, per_class: int = 12, classes=("red", "green", "blue
             pixels = base + rng.normal(0, 25, size=(size[1], size[0], 3))
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{name}_{i:02d}.jpg", quality=90)
     return root
+
+
+def symlink_entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry that unpacks as a symbolic link (its target is the entry's data)."""
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
 
 
 def zip_folder(folder: Path, archive: Path) -> Path:

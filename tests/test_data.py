@@ -6,7 +6,6 @@ import io
 import itertools
 import json
 import os
-import stat
 import struct
 import threading
 import zipfile
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import symlink_entry
 from trainer import data as data_module
 from trainer.data import (
     DataError,
@@ -566,12 +566,6 @@ def _zip_with(tmp_path: Path, entries: list[tuple[zipfile.ZipInfo | str, bytes]]
     return archive
 
 
-def _symlink_entry(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return info
-
-
 @pytest.mark.parametrize(
     "entry, message",
     [
@@ -581,7 +575,7 @@ def _symlink_entry(name: str) -> zipfile.ZipInfo:
         ("/tmp/evil.jpg", "outside"),
         ("C:/evil.jpg", "outside"),
         ("c:evil.jpg", "outside"),
-        (_symlink_entry("good/link.jpg"), "symbolic link"),
+        (symlink_entry("good/link.jpg"), "symbolic link"),
     ],
 )
 def test_unsafe_zip_entries_are_refused_before_anything_is_written(tmp_path, entry, message):

@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from PIL import Image
 
+from conftest import symlink_entry
 from models.preprocess import PreprocessSpec
 from models.runtime import ModelLoadError, OnnxClassifier
 from trainer.config import ScheduleConfig
@@ -232,12 +233,6 @@ def zip_of(path: Path, entries) -> Path:
         for name, data in entries:
             archive.writestr(name, data)
     return path
-
-
-def symlink_entry(name: str) -> zipfile.ZipInfo:
-    info = zipfile.ZipInfo(name)
-    info.external_attr = (stat.S_IFLNK | 0o777) << 16
-    return info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1041,11 +1036,18 @@ def tiny_model(input_shape=("N", 3, CROP, CROP), metadata: dict | None = None, i
     inputs = [helper.make_tensor_value_info("input", input_type, list(input_shape))]
     if extra_input:
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N"]))
-    graph = helper.make_graph(nodes, "tiny", inputs, outputs)
+    return onnx_file(helper.make_graph(nodes, "tiny", inputs, outputs), metadata)
+
+
+def onnx_file(graph, metadata: dict | None = None) -> bytes:
+    """The bytes of a model file holding `graph` and our metadata (or `metadata` when given)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
     for key, value in (our_metadata() if metadata is None else metadata).items():
         model.metadata_props.add(key=key, value=value)
     return model.SerializeToString()
+
+
+CLASSIFIER_INPUT = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, CROP, CROP])
 
 
 def conv_model(kernel_shape: list[int]) -> bytes:
@@ -1057,13 +1059,28 @@ def conv_model(kernel_shape: list[int]) -> bytes:
     nodes = [helper.make_node("Conv", ["input", "W"], ["conv"], kernel_shape=kernel_shape, pads=[1, 1, 1, 1]),
              helper.make_node("GlobalAveragePool", ["conv"], ["pooled"]),
              helper.make_node("Flatten", ["pooled"], ["logits"])]
-    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                            ["N", 3, CROP, CROP])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], [weights])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    for key, value in our_metadata().items():
-        model.metadata_props.add(key=key, value=value)
-    return model.SerializeToString()
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])
+    return onnx_file(helper.make_graph(nodes, "conv", [CLASSIFIER_INPUT], [logits], [weights]))
+
+
+def run_time_classes_model() -> bytes:
+    """Logits whose class count depends on the pixels (2 + the brightest value): no signature can state it.
+
+    A blank photo gets 3 x 2 = 6 columns, while the metadata lists 3 labels.
+    """
+    constants = [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+                 helper.make_tensor("one_dim", TensorProto.INT64, [1], [1]),
+                 helper.make_tensor("row", TensorProto.INT64, [1], [1])]
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["flat"]),
+             helper.make_node("ReduceMax", ["input"], ["brightest"], keepdims=0),
+             helper.make_node("Add", ["brightest", "two"], ["count"]),
+             helper.make_node("Cast", ["count"], ["count_int"], to=TensorProto.INT64),
+             helper.make_node("Reshape", ["count_int", "one_dim"], ["column_repeats"]),
+             helper.make_node("Concat", ["row", "column_repeats"], ["repeats"], axis=0),
+             helper.make_node("Tile", ["flat", "repeats"], ["logits"])]
+    logits = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "classes"])
+    return onnx_file(helper.make_graph(nodes, "run_time_classes", [CLASSIFIER_INPUT], [logits], constants))
 
 
 def non_utf8(data: bytes, marker: bytes) -> bytes:
@@ -1128,6 +1145,8 @@ BAD_MODELS = {
     "labels repeated": (lambda: tiny_model(metadata=our_metadata(labels='["a", "a", "b"]')), "repeats a name"),
     "labels count wrong": (lambda: tiny_model(metadata=our_metadata(labels='["a", "b"]')), "outputs 3 classes"),
     "conv kernel disagrees with its weights": (lambda: conv_model(kernel_shape=[1, 3]), "loads but fails to run"),
+    "class count known only at run time, and wrong": (run_time_classes_model,
+                                                      "outputs logits of shape [1, 6] for one photo"),
     "preprocessing not JSON": (lambda: tiny_model(metadata=our_metadata(preprocessing="{resize")), "malformed"),
     "preprocessing keys missing": (lambda: tiny_model(metadata=our_metadata(preprocessing='{"crop": 8}')), "malformed"),
     "preprocessing a list": (lambda: tiny_model(metadata=our_metadata(preprocessing="[1]")), "malformed"),
