@@ -67,6 +67,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_store():
+    """The launched app's run store (this process's)."""
+    from ui import session
+
+    return session.STORE
+
+
 def launch_app():
     """The app, in this process, on a free loopback port: (app module, url)."""
     # Runs go to a temporary folder unless the caller chose one; never into the working tree.
@@ -333,7 +340,7 @@ def main() -> None:
         run_id = answer["run_id"]
         print(f"trained run {run_id} (resnet18, weights none, 32 px, 1 epoch on assets/sample) in "
               f"{time.perf_counter() - began:.1f} s; val accuracy {answer['metrics']['val']['accuracy']:.2f}")
-    model = args.model or app.STORE.find(run_id) / "model.onnx"
+    model = args.model or run_store().find(run_id) / "model.onnx"
 
     paths = photos()
     load = classify_load(url, run_id, expected_predictions(model, paths), args.clients, args.photos)
@@ -347,7 +354,7 @@ def main() -> None:
     if not args.skip_trainings:
         result = two_trainings(url, sample_zip, (tiny_config(seed=1), tiny_config(seed=2)))
         print("\n".join(describe(result)))
-        problems = check_runs(result, app.STORE if app else None)
+        problems = check_runs(result, run_store() if app else None)
         if app:
             print("  each run has its own folder and config (seeds 1 and 2); each session lists only its own run: "
                   + ("yes" if not problems else "NO"))

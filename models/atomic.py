@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
@@ -26,3 +27,16 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 def write_json(path: str | Path, obj) -> None:
     write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
+
+
+def replace_file(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Let `write` fill a temporary file in the same folder, then rename it over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

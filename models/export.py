@@ -1,8 +1,10 @@
 """ONNX export: one self-contained model.onnx per run, checked against PyTorch; fp16 and INT8 variants.
 
-export_onnx() writes the file (weights inside, dynamic batch, labels / preprocessing / config in its
-metadata) and refuses to leave it behind unless ONNX Runtime reproduces PyTorch. export_run() does
-that for a run folder, adds the optional variants, and records every figure in metrics.json["export"].
+export_onnx() writes the file (weights inside, dynamic batch; the labels, the preprocessing and the
+training config in its metadata, once each) and refuses to leave it behind unless ONNX Runtime
+reproduces PyTorch. export_model() does that for a trained model held in memory (fit calls it), adds
+the optional variants and records every figure in metrics.json["export"]; export_run() loads a run
+folder from disk and makes the same call.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.atomic import write_bytes, write_json
+from models.atomic import write_bytes
 from models.backbones import create_model
 from models.preprocess import PreprocessSpec, UnreadableImage, load_rgb
+from models.run_folder import DATA_REPORT, METRICS, RunFolder, RunFolderError, RunRecord
 from models.runtime import INPUT_NAME, LOGITS_NAME, METADATA_KEYS, ModelLoadError, OnnxClassifier
 
 OPSET = 20
-VARIANT_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 # A variant passes when it is within these of its reference (PyTorch for fp32, the fp32 ONNX for the others).
 TARGETS = {
     "fp32": {"max_abs_logit_diff": 1e-4, "min_top1_agreement": 1.0},
@@ -103,6 +105,55 @@ def export_onnx(
     return record
 
 
+def export_model(
+    model: nn.Module,
+    record: RunRecord,
+    run_dir: str | Path,
+    inputs: np.ndarray,
+    targets: np.ndarray | None = None,
+    fp16: bool = False,
+    int8: bool = False,
+    source: str = "given",
+) -> dict:
+    """Export a run's model, in memory, into its folder: model.onnx (+ fp16, INT8 variants), each checked.
+
+    `inputs`: preprocessed NCHW float32 validation inputs, `targets` their label indices, `source`
+    says where they came from. Returns the record merged into metrics.json["export"]. Raises
+    ExportError when the fp32 model cannot be exported faithfully; a variant that misses its
+    targets is removed and recorded as failed.
+    """
+    run = RunFolder(run_dir)
+    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+    targets = None if targets is None else np.asarray(targets)
+    if inputs.ndim != 4 or not len(inputs) or (targets is not None and targets.shape != (len(inputs),)):
+        shapes = f"inputs {inputs.shape}" + ("" if targets is None else f", targets {targets.shape}")
+        raise ExportError(f"Expected N >= 1 preprocessed inputs (N, 3, H, W) and N targets, got {shapes}")
+
+    fp32_path = run.onnx("fp32")
+    parity = export_onnx(model, record.labels, record.preprocessing, record.train, fp32_path, check_inputs=inputs)
+    fp32_logits = _onnx_logits(fp32_path, inputs)
+    variants = {"fp32": {**parity, **_accuracy(fp32_logits, targets)}}
+    for kind, wanted in (("fp16", fp16), ("int8", int8)):
+        if wanted:
+            variants[kind] = _make_variant(kind, run, fp32_path, inputs, fp32_logits, targets)
+
+    try:
+        previous = ((run.read_metrics() if run.file(METRICS).is_file() else {}).get("export") or {}).get("variants", {})
+    except RunFolderError as exc:
+        raise ExportError(str(exc)) from None
+    # Variants exported earlier and not redone stay listed while their files exist (same weights).
+    kept = {name: rec for name, rec in previous.items() if name not in variants and run.file(rec.get("file", "")).is_file()}
+    export_record = {
+        "opset": OPSET,
+        "torch": torch.__version__,
+        "onnxruntime": _ort_version(),
+        "inputs": {"count": int(len(inputs)), "source": source, "labelled": targets is not None},
+        "variants": {**variants, **kept},
+    }
+    run.merge_metrics(export=export_record)
+    return export_record
+
+
 def export_run(
     run_dir: str | Path,
     inputs: np.ndarray | None = None,
@@ -110,60 +161,25 @@ def export_run(
     fp16: bool = False,
     int8: bool = False,
 ) -> dict:
-    """Export a run folder's model to model.onnx (+ model.fp16.onnx, model.int8.onnx) and check each.
-
-    `inputs`: preprocessed NCHW float32 validation inputs, `targets` their label indices; by default
-    the validation photos listed in data_report.json. Returns the record merged into
-    metrics.json["export"]. Raises ExportError when the fp32 model cannot be exported faithfully;
-    a variant that misses its targets is removed and recorded as failed.
-    """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise ExportError(f"Run folder {run} does not exist")
-    config = _read_json(run / "config.json", "the run's configuration")
+    """export_model() for a run folder on disk: its weights loaded, checked on the validation photos
+    its data report lists unless `inputs` (and `targets`) are given."""
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
+        raise ExportError(f"Run folder {run.path} does not exist")
     try:
-        labels = list(config["labels"])
-        spec = PreprocessSpec.from_dict(config["preprocessing"])
-        arch = config["train"]["arch"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(f"{run / 'config.json'} is incomplete or malformed ({type(exc).__name__}: {exc})") from None
-    model = _load_model(run, arch, len(labels))
+        record = run.read_config()
+    except RunFolderError as exc:
+        raise ExportError(str(exc)) from None
+    model = _load_model(run, record.arch, len(record.labels))
     source = "given"
     if inputs is None:
-        inputs, targets = _validation_inputs(run, labels, spec)
+        inputs, targets = _validation_inputs(run, record)
         source = "data_report.json val"
-    inputs = np.ascontiguousarray(inputs, dtype=np.float32)
-    targets = None if targets is None else np.asarray(targets)
-    if inputs.ndim != 4 or not len(inputs) or (targets is not None and targets.shape != (len(inputs),)):
-        shapes = f"inputs {inputs.shape}" + ("" if targets is None else f", targets {targets.shape}")
-        raise ExportError(f"Expected N >= 1 preprocessed inputs (N, 3, H, W) and N targets, got {shapes}")
-
-    fp32_path = run / VARIANT_FILES["fp32"]
-    parity = export_onnx(model, labels, spec, config, fp32_path, check_inputs=inputs)
-    fp32_logits = _onnx_logits(fp32_path, inputs)
-    variants = {"fp32": {**parity, **_accuracy(fp32_logits, targets)}}
-    for kind, wanted in (("fp16", fp16), ("int8", int8)):
-        if wanted:
-            variants[kind] = _make_variant(kind, run, fp32_path, inputs, fp32_logits, targets)
-
-    metrics_path = run / "metrics.json"
-    metrics = _read_json(metrics_path, "the run's metrics") if metrics_path.exists() else {}
-    # Variants exported earlier and not redone stay listed while their files exist (same weights).
-    previous = (metrics.get("export") or {}).get("variants", {})
-    kept = {name: rec for name, rec in previous.items() if name not in variants and (run / rec.get("file", "")).is_file()}
-    record = {
-        "opset": OPSET,
-        "torch": torch.__version__,
-        "onnxruntime": _ort_version(),
-        "inputs": {"count": int(len(inputs)), "source": source, "labelled": targets is not None},
-        "variants": {**variants, **kept},
-    }
-    write_json(metrics_path, {**metrics, "export": record})
-    return record
+    return export_model(model, record, run.path, inputs, targets, fp16=fp16, int8=int8, source=source)
 
 
-def _make_variant(kind, run, fp32_path, inputs, fp32_logits, targets) -> dict:
-    path = run / VARIANT_FILES[kind]
+def _make_variant(kind, run: RunFolder, fp32_path, inputs, fp32_logits, targets) -> dict:
+    path = run.onnx(kind)
     try:
         if kind == "fp16":
             write_fp16(fp32_path, path)
@@ -315,12 +331,12 @@ def _cpu_eval_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).cpu().eval()
 
 
-def _load_model(run: Path, arch: str, num_classes: int) -> nn.Module:
+def _load_model(run: RunFolder, arch: str, num_classes: int) -> nn.Module:
     from safetensors.torch import load_file
 
-    weights = run / "model.safetensors"
+    weights = run.weights
     if not weights.is_file():
-        raise ExportError(f"{run} has no model.safetensors: the run has not finished training")
+        raise ExportError(f"{run.path} has no {weights.name}: the run has not finished training")
     model = create_model(arch, num_classes, "none")
     try:
         model.load_state_dict(load_file(str(weights)))
@@ -329,41 +345,35 @@ def _load_model(run: Path, arch: str, num_classes: int) -> nn.Module:
     return model.eval()
 
 
-def _validation_inputs(run: Path, labels: list[str], spec: PreprocessSpec) -> tuple[np.ndarray, np.ndarray]:
-    report = _read_json(run / "data_report.json", "the list of validation photos")
+def _validation_inputs(run: RunFolder, record: RunRecord) -> tuple[np.ndarray, np.ndarray]:
+    where = run.file(DATA_REPORT)
     try:
-        root = Path(report["root"])
+        report = run.read_json(DATA_REPORT, "the list of validation photos")
+        root = run.photo_root(report)
         files = report["files"]["val"]
+    except RunFolderError as exc:
+        raise ExportError(str(exc)) from None
     except (KeyError, TypeError):
-        raise ExportError(f"{run / 'data_report.json'} lists no validation photos (files.val)") from None
+        raise ExportError(f"{where} lists no validation photos (files.val)") from None
     if not files:
-        raise ExportError(f"{run / 'data_report.json'} lists no validation photos to check the export on")
+        raise ExportError(f"{where} lists no validation photos to check the export on")
     missing = [rel for rel, _ in files if not (root / rel).is_file()]
     if missing:
         raise ExportError(
             f"{len(missing)} of {len(files)} validation photos are gone from {root} (first: {missing[0]}); "
             "the export is checked on them, so restore the dataset folder or pass inputs explicitly"
         )
-    index = {label: i for i, label in enumerate(labels)}
+    index = {label: i for i, label in enumerate(record.labels)}
     arrays, targets = [], []
     for rel, label in files:
         try:
-            arrays.append(spec.to_array(load_rgb(root / rel)))
+            arrays.append(record.preprocessing.to_array(load_rgb(root / rel)))
         except UnreadableImage as exc:
             raise ExportError(f"Validation photo {root / rel} cannot be read: {exc}") from None
         if label not in index:
             raise ExportError(f"Validation photo {rel} has label {label!r}, which is not among the run's labels")
         targets.append(index[label])
     return np.stack(arrays), np.asarray(targets)
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ExportError(f"{path} is missing ({what}); is {path.parent} a run folder?") from None
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"{path} cannot be read: {exc}") from None
 
 
 def _ort_version() -> str:

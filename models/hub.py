@@ -22,14 +22,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from models.run_folder import CONFIG, METRICS, ONNX_VARIANTS, WEIGHTS, RunFolder, RunFolderError, RunRecord
+
 logger = logging.getLogger(__name__)
 
 LICENSE = "apache-2.0"
 DATASET_NAME = "user photos"
 TAGS = ["image-classification", "onnx", "resnet", "transfer-learning", "transfer-studio"]
-# The ONNX files models.export writes (not imported from there: models.export imports torch).
-ONNX_FILES = ("model.onnx", "model.fp16.onnx", "model.int8.onnx")
-RUN_FILES = ("config.json", "metrics.json", "model.safetensors")
+# What a push uploads from the run folder, besides the files it generates (labels, card, figure).
+PUSHED_FILES = (*ONNX_VARIANTS.values(), CONFIG, METRICS, WEIGHTS)
 HF_PREFIX = "hf://"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "space_template"
 
@@ -81,19 +82,19 @@ def push_run(
         _check_visibility(info, private, repo_id)
         existing = {s.rfilename for s in (info.siblings or [])}
         with tempfile.TemporaryDirectory(prefix="hub-push-") as tmp:
-            staging = stage_run(run, repo_id, Path(tmp))
+            staging = stage_run(run.path, repo_id, Path(tmp))
             operations = [
                 CommitOperationAdd(path_in_repo=p.name, path_or_fileobj=str(p)) for p in sorted(staging.iterdir())
             ]
             # A variant left from an earlier push would not match this model: remove it.
-            stale = [name for name in ONNX_FILES if name in existing and not (staging / name).exists()]
+            stale = [name for name in ONNX_VARIANTS.values() if name in existing and not (staging / name).exists()]
             operations += [CommitOperationDelete(path_in_repo=name) for name in stale]
             api.create_commit(
                 repo_id,
                 operations=operations,
                 commit_message=commit_message or _default_commit_message(run),
             )
-    logger.info("Pushed %s to %s", run, url)
+    logger.info("Pushed %s to %s", run.path, url)
     return str(url)
 
 
@@ -101,13 +102,13 @@ def stage_run(run_dir: str | os.PathLike, repo_id: str, staging: str | os.PathLi
     """Write into `staging` exactly the files push_run uploads (large ones hard-linked when possible)."""
     run, staging = _check_run(run_dir), Path(staging)
     staging.mkdir(parents=True, exist_ok=True)
-    for name in (*ONNX_FILES, *RUN_FILES):
-        if (run / name).is_file():
-            _link_or_copy(run / name, staging / name)
-    config = _read_json(run / "config.json")
-    (staging / "labels.json").write_text(json.dumps(config["labels"], indent=2) + "\n", encoding="utf-8")
-    render_confusion_matrix(_read_json(run / "metrics.json"), config["labels"], staging / "confusion_matrix.png")
-    (staging / "README.md").write_text(str(model_card(run, repo_id)), encoding="utf-8")
+    for name in PUSHED_FILES:
+        if run.file(name).is_file():
+            _link_or_copy(run.file(name), staging / name)
+    record, metrics, _ = _read_run(run)
+    (staging / "labels.json").write_text(json.dumps(record.labels, indent=2) + "\n", encoding="utf-8")
+    render_confusion_matrix(metrics, record.labels, staging / "confusion_matrix.png")
+    (staging / "README.md").write_text(str(model_card(run.path, repo_id)), encoding="utf-8")
     return staging
 
 
@@ -119,10 +120,8 @@ def model_card(run_dir: str | os.PathLike, repo_id: str):
     """The run's huggingface_hub.ModelCard: Hub metadata, what and how it was trained, results, usage."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    run = Path(run_dir)
-    config, metrics = _read_json(run / "config.json"), _read_json(run / "metrics.json")
-    report = _read_json(run / "data_report.json") if (run / "data_report.json").is_file() else {}
-    train, name = config["train"], repo_id.split("/")[-1]
+    record, metrics, report = _read_run(RunFolder(run_dir))
+    train, name = record.train, repo_id.split("/")[-1]
 
     eval_results = []
     for split, split_name in (("val", "validation"), ("test", "test")):
@@ -155,7 +154,7 @@ def model_card(run_dir: str | os.PathLike, repo_id: str):
         eval_results=eval_results or None,
         metrics=sorted({r.metric_type for r in eval_results}) or None,
     )
-    body = _card_body(name, repo_id, config, metrics, report)
+    body = _card_body(name, repo_id, record, metrics, report)
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -176,8 +175,8 @@ STRATEGY_WORDS = {
 }
 
 
-def _card_body(name: str, repo_id: str, config: dict, metrics: dict, report: dict) -> str:
-    train, labels, prep = config["train"], list(config["labels"]), config["preprocessing"]
+def _card_body(name: str, repo_id: str, record: RunRecord, metrics: dict, report: dict) -> str:
+    train, labels, prep = record.train, list(record.labels), record.preprocessing
     arch = train.get("arch", "resnet")
     lines = [
         f"# {name}",
@@ -220,8 +219,8 @@ def _card_body(name: str, repo_id: str, config: dict, metrics: dict, report: dic
         + f", learning rate {schedule.get('lr')}, {schedule.get('epochs')} epochs{warmup}, {stepped}",
         f"- Epochs run: {metrics.get('epochs_run')}, best epoch {metrics.get('best_epoch')} (chosen on validation)"
         + (f", stopped by {metrics['stopped']}" if metrics.get("stopped") else ""),
-        f"- Input: shorter side resized to {prep['resize']} px ({prep.get('interpolation', 'bilinear')}), "
-        f"centre crop {prep['crop']} x {prep['crop']}, ImageNet mean/std normalisation",
+        f"- Input: shorter side resized to {prep.resize} px ({prep.interpolation}), "
+        f"centre crop {prep.crop} x {prep.crop}, ImageNet mean/std normalisation",
         f"- Batch size {train.get('batch_size')}, augmentation: {train.get('augment')}"
         + (f", label smoothing {train['label_smoothing']}" if train.get("label_smoothing") else "")
         + (", class-weighted loss" if train.get("class_weighted") else ""),
@@ -259,7 +258,7 @@ def _card_body(name: str, repo_id: str, config: dict, metrics: dict, report: dic
     lines += [
         "## Files",
         "",
-        f"- `model.onnx`: the model (float32 input `input` of shape [N, 3, {prep['crop']}, {prep['crop']}], "
+        f"- `model.onnx`: the model (float32 input `input` of shape [N, 3, {prep.crop}, {prep.crop}], "
         "outputs `logits` and `probabilities`; labels, preprocessing and training config in its metadata)",
     ]
     if "fp16" in variants:
@@ -322,7 +321,7 @@ for i in np.argsort(-probs)[:3]:
 
 def render_confusion_matrix(metrics: dict, labels: list[str], path: str | os.PathLike) -> Path:
     """A PNG of the validation (and test) confusion matrices, as the app draws them."""
-    from trainer.metrics import confusion_figure
+    from models.metrics import confusion_figure
 
     panels = [(_split_word(s), metrics[s]["confusion_matrix"]) for s in ("val", "test")
               if (metrics.get(s) or {}).get("confusion_matrix")]
@@ -368,12 +367,12 @@ def make_space(run_dir: str | os.PathLike, dest: str | os.PathLike, title: str |
     from huggingface_hub import SpaceCard, SpaceCardData
 
     run = _check_run(run_dir)
-    config, metrics = _read_json(run / "config.json"), _read_json(run / "metrics.json")
-    labels = list(config["labels"])
+    record, metrics, _ = _read_run(run)
+    labels = list(record.labels)
     title = (title or "Photo classifier").strip() or "Photo classifier"
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "model.onnx", dest / "model.onnx")
+    shutil.copyfile(run.onnx(), dest / "model.onnx")
     app = (TEMPLATE_DIR / "app.py").read_text(encoding="utf-8")
     (dest / "app.py").write_text(app.replace('"__TITLE__"', json.dumps(title), 1), encoding="utf-8")
     (dest / "requirements.txt").write_text(
@@ -407,7 +406,7 @@ def make_space(run_dir: str | os.PathLike, dest: str | os.PathLike, title: str |
             f"# {title}",
             "",
             f"Classifies a photo into one of {len(labels)} classes: {', '.join(labels)}.",
-            f"A torchvision {_arch_words(config['train'].get('arch', 'resnet'))} fine-tuned with Transfer Studio"
+            f"A torchvision {_arch_words(record.arch)} fine-tuned with Transfer Studio"
             + (f" ({_pct(accuracy)} validation accuracy)" if accuracy is not None else "")
             + ", served by ONNX Runtime on CPU.",
             "",
@@ -438,7 +437,7 @@ def push_space(
         url = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
         _check_visibility(api.repo_info(repo_id, repo_type="space"), private, repo_id)
         with tempfile.TemporaryDirectory(prefix="hub-space-") as tmp:
-            folder = make_space(run, Path(tmp) / "space", title=repo_id.split("/")[-1])
+            folder = make_space(run.path, Path(tmp) / "space", title=repo_id.split("/")[-1])
             operations = [
                 CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
                 for p in sorted(folder.rglob("*"))
@@ -491,15 +490,23 @@ def _shown(value) -> str:
     return "The repository name" if _TOKEN_LIKE.search(text) else text
 
 
-def _check_run(run_dir) -> Path:
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise HubError(f"Run folder {run} does not exist")
-    if not (run / "config.json").is_file() or not (run / "metrics.json").is_file():
-        raise HubError(f"{run} is not a finished run folder (config.json and metrics.json are missing)")
-    if not (run / "model.onnx").is_file():
-        raise HubError(f"{run} has no model.onnx: export it first (python -m models export {run})")
+def _check_run(run_dir) -> RunFolder:
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
+        raise HubError(f"Run folder {run.path} does not exist")
+    if not run.has_config() or not run.file(METRICS).is_file():
+        raise HubError(f"{run.path} is not a finished run folder ({CONFIG} and {METRICS} are missing)")
+    if not run.onnx().is_file():
+        raise HubError(f"{run.path} has no {run.onnx().name}: export it first (python -m models export {run.path})")
     return run
+
+
+def _read_run(run: RunFolder) -> tuple[RunRecord, dict, dict]:
+    """(config, metrics, data report) of a run folder; HubError when one cannot be read."""
+    try:
+        return run.read_config(), run.read_metrics(), run.read_data_report()
+    except RunFolderError as exc:
+        raise HubError(str(exc)) from None
 
 
 def _check_visibility(info, private: bool, repo_id: str) -> None:
@@ -510,15 +517,6 @@ def _check_visibility(info, private: bool, repo_id: str) -> None:
             f"{repo_id} already exists and is public, but a private upload was asked for: make it private in "
             "its settings on the Hub first, or choose another name"
         )
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise HubError(f"{path} is missing; is {path.parent} a run folder?") from None
-    except (OSError, ValueError) as exc:
-        raise HubError(f"{path} cannot be read: {exc}") from None
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -631,10 +629,9 @@ def _scrub(text: str, token: str | None) -> str:
 # Small words
 
 
-def _default_commit_message(run: Path) -> str:
-    config = _read_json(run / "config.json")
-    arch, classes = config["train"].get("arch", "model"), len(config["labels"])
-    return f"Upload {arch} classifier ({classes} classes) from Transfer Studio"
+def _default_commit_message(run: RunFolder) -> str:
+    record = _read_run(run)[0]
+    return f"Upload {record.arch} classifier ({len(record.labels)} classes) from Transfer Studio"
 
 
 def _arch_words(arch: str) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from models.preprocess import PreprocessSpec, UnreadableImage, load_rgb, to_rgb
+from models.run_folder import RunFolder
 
 # The metadata_props keys every exported model carries (models.export writes them).
 METADATA_KEYS = ("labels", "preprocessing", "config")
@@ -46,10 +47,10 @@ def resolve_model(ref: str | os.PathLike) -> Path:
     """
     path = Path(ref)
     if path.is_dir():
-        model = path / "model.onnx"
+        model = RunFolder(path).onnx()
         if not model.is_file():
             raise ModelLoadError(
-                f"{path} has no model.onnx; export the run first: python -m models export {path}"
+                f"{path} has no {model.name}; export the run first: python -m models export {path}"
             )
         return model
     if path.is_file():
@@ -203,6 +204,8 @@ class OnnxClassifier:
             raise ModelLoadError(f"{self.name}: the 'labels' metadata repeats a name")
         if not isinstance(config, dict):
             raise ModelLoadError(f"{self.name}: the 'config' metadata must be a JSON object")
+        if isinstance(config.get("train"), dict) and "labels" in config:
+            config = config["train"]  # files exported before 2026-12 nested the whole config.json here
         return labels, spec, config
 
     def _check_signature(self) -> None:

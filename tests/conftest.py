@@ -75,9 +75,9 @@ def pytest_sessionfinish(session, exitstatus):
     import sys
     import threading
 
-    app = sys.modules.get("app")
-    for flag in list(getattr(app, "STOP_FLAGS", {}).values()):
-        flag.set()
+    session = sys.modules.get("ui.session")
+    if session is not None:
+        session.STOP_FLAGS.stop_all()
     for thread in threading.enumerate():
         if thread.name.startswith("fit-"):
             thread.join(timeout=120)

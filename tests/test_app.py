@@ -1,17 +1,24 @@
-"""The Gradio app: its tab functions, and its API endpoints through gradio_client on a launched app."""
+"""The Gradio app: its tabs' handlers (ui/), and its API endpoints through gradio_client on a launched app."""
 
 import json
 import socket
+import threading
+import time
 import zipfile
 from pathlib import Path
 
+import gradio as gr
+import pandas as pd
 import pytest
 import torch
 from gradio_client import Client
 
 import app
-from trainer.config import ScheduleConfig
+from models.run_store import RunStore
+from models.serving import ModelServer
+from trainer.config import ScheduleConfig, TrainConfig
 from trainer.schedules import ValLossShape
+from ui import classify, finetune, schedules, session
 
 
 def free_port() -> int:
@@ -36,26 +43,26 @@ def test_app_has_the_three_tabs():
 
 
 def test_form_values_become_a_schedule_config_with_blank_fields_left_to_defaults():
-    config = app.schedule_from_fields(
+    config = schedules.schedule_from_fields(
         "MultiStepLR", 0.1, 20.0, 5.0, 2.0, "batch",
         {("MultiStepLR", "milestones"): "[10, 40]", ("MultiStepLR", "gamma"): 0.5, ("StepLR", "step_size"): 3.0},
     )
     assert config == ScheduleConfig("MultiStepLR", 0.1, 20, 5, {"milestones": "[10, 40]", "gamma": 0.5}, 2, "batch")
-    blank = app.schedule_from_fields("CosineAnnealingLR", 0.1, 10, 1, 0, "epoch", {("CosineAnnealingLR", "T_max"): ""})
+    blank = schedules.schedule_from_fields("CosineAnnealingLR", 0.1, 10, 1, 0, "epoch", {("CosineAnnealingLR", "T_max"): ""})
     assert blank.params == {}
 
 
 def test_render_overlays_compared_schedules_and_shows_code_and_val_loss():
     config = ScheduleConfig("ReduceLROnPlateau", 0.1, 12, 2, {"patience": 1})
     compare = [{"label": "step", "lr": [0.1] * 24}]
-    frame, val_loss, code, message, lrs = app.render_schedule(config, ValLossShape(plateau_epoch=4), compare, False)
+    frame, val_loss, code, message, lrs = schedules.render_schedule(config, ValLossShape(plateau_epoch=4), compare, False)
     assert set(frame["schedule"]) == {"step", "current: ReduceLROnPlateau(patience=1)"}
     assert len(frame) == 48 and len(val_loss) == 12 and len(lrs) == 24
     assert "ReduceLROnPlateau(optimizer" in code and "24 optimizer steps" in message
 
 
 def test_log_scale_plots_log10_of_the_lr():
-    frame = app.curve_frame([("a", [1.0, 0.01])], log_scale=True)
+    frame = schedules.curve_frame([("a", [1.0, 0.01])], log_scale=True)
     assert frame["lr"].tolist() == [0.0, -2.0]
 
 
@@ -91,17 +98,17 @@ def request(session: str):
     return SimpleNamespace(session_hash=session, client=SimpleNamespace(host="127.0.0.1"))
 
 
-NO_CLASSES = [""] * app.MAX_CLASSES + [None] * app.MAX_CLASSES
+NO_CLASSES = [""] * finetune.MAX_CLASSES + [None] * finetune.MAX_CLASSES
 
 
-def form(**overrides):
-    """The settings form's values, in the tab's order: a tiny model that trains in seconds."""
-    values = dict(arch="resnet18", weights="none", weights_file=None, strategy="full", batch_size=8, image_size=32,
-                  head_lr_mult=10.0, head_epochs=1, optimizer="adamw", augment="none", class_weighted=False, patience=0,
-                  val_fraction=0.2, seed=0, scheduler="CosineAnnealingLR", params="{}", lr=1e-3, epochs=3, warmup=0,
-                  step_per="epoch")
-    values.update(overrides)
-    return list(values.values())
+def form(weights_file=None, **overrides):
+    """The settings' values as the tab hands them over (the weights file, then the form's fields): a tiny model
+    that trains in seconds."""
+    flat = {**TrainConfig().to_dict(), **TrainConfig().schedule.to_dict(), "params": "{}"}
+    flat.update(weights="none", strategy="full", batch_size=8, image_size=32, head_epochs=1, optimizer="adamw",
+                augment="none", lr=1e-3, epochs=3)
+    flat.update(overrides)
+    return [weights_file, *(flat[name] for name in finetune.FORM_FIELDS)]
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +117,7 @@ def sample_zip(tmp_path_factory):
 
 
 def test_checking_the_sample_zip_shows_the_report_and_a_grid(sample_zip):
-    state, report, grid = app.check_photos(request("zip"), "Zip file", sample_zip, "", 2, *NO_CLASSES)
+    state, report, grid = finetune.check_photos(request("zip"), "Zip file", sample_zip, "", 2, *NO_CLASSES)
     assert "| hotdog |" in report and "| not_hotdog |" in report
     assert state["report"]["labels"] == ["hotdog", "not_hotdog"]
     assert len(grid["value"]) == 8 and {caption for _, caption in grid["value"]} == {"hotdog", "not_hotdog"}
@@ -118,9 +125,9 @@ def test_checking_the_sample_zip_shows_the_report_and_a_grid(sample_zip):
 
 def test_per_class_upload_builds_class_folders(tmp_path):
     write_photos(tmp_path, per_class=4)
-    names = ["Red berries", "Blue sky"] + [""] * (app.MAX_CLASSES - 2)
-    files = [sorted(str(p) for p in (tmp_path / c).iterdir()) for c in ("red", "blue")] + [None] * (app.MAX_CLASSES - 2)
-    state, report, _ = app.check_photos(request("per-class"), "Photos per class", None, "", 2, *names, *files)
+    names = ["Red berries", "Blue sky"] + [""] * (finetune.MAX_CLASSES - 2)
+    files = [sorted(str(p) for p in (tmp_path / c).iterdir()) for c in ("red", "blue")] + [None] * (finetune.MAX_CLASSES - 2)
+    state, report, _ = finetune.check_photos(request("per-class"), "Photos per class", None, "", 2, *names, *files)
     assert state["report"]["labels"] == ["Blue sky", "Red berries"]
     assert sum(state["report"]["totals"].values()) == 8
 
@@ -128,36 +135,36 @@ def test_per_class_upload_builds_class_folders(tmp_path):
 def test_bad_uploads_answer_with_a_message(tmp_path):
     not_zip = tmp_path / "photos.zip"
     not_zip.write_text("not a zip")
-    with pytest.raises(app.gr.Error, match="zip"):
-        app.check_photos(request("bad"), "Zip file", str(not_zip), "", 2, *NO_CLASSES)
-    with pytest.raises(app.gr.Error, match="has no photos"):
-        names = ["only"] + [""] * (app.MAX_CLASSES - 1)
-        app.check_photos(request("bad"), "Photos per class", None, "", 2, *names, *([None] * app.MAX_CLASSES))
+    with pytest.raises(gr.Error, match="zip"):
+        finetune.check_photos(request("bad"), "Zip file", str(not_zip), "", 2, *NO_CLASSES)
+    with pytest.raises(gr.Error, match="has no photos"):
+        names = ["only"] + [""] * (finetune.MAX_CLASSES - 1)
+        finetune.check_photos(request("bad"), "Photos per class", None, "", 2, *names, *([None] * finetune.MAX_CLASSES))
 
 
 def test_server_folders_are_refused_when_the_request_is_not_local(tmp_path):
     remote = SimpleNamespace(session_hash="remote", client=SimpleNamespace(host="203.0.113.9"))
-    with pytest.raises(app.gr.Error, match="own machine"):
-        app.check_photos(remote, "Folder on this computer", None, str(tmp_path), 2, *NO_CLASSES)
+    with pytest.raises(gr.Error, match="own machine"):
+        finetune.check_photos(remote, "Folder on this computer", None, str(tmp_path), 2, *NO_CLASSES)
 
 
 def test_lr_finder_handler_suggests_an_lr_for_the_form(tmp_path):
-    state, _, _ = app.check_photos(request("finder"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+    state, _, _ = finetune.check_photos(request("finder"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
                                    *NO_CLASSES)
-    frame, text, suggested, _ = app.find_lr(request("finder"), state, *form(strategy="linear-probe"))
+    frame, text, suggested, _ = finetune.find_lr(request("finder"), state, *form(strategy="linear-probe"))
     assert len(frame) > 10 and suggested > 0 and "valley" in text
 
 
 def collect(generator):
     outputs = list(generator)
-    return outputs, dict(zip(app.TRAIN_OUTPUTS, outputs[-1]))
+    return outputs, dict(zip(finetune.TRAIN_OUTPUTS, outputs[-1]))
 
 
 def test_training_streams_epochs_then_shows_results_and_a_download(tmp_path):
-    state, _, _ = app.check_photos(request("train"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+    state, _, _ = finetune.check_photos(request("train"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
                                    *NO_CLASSES)
-    outputs, final = collect(app.train_model(request("train"), state, *form(epochs=3)))
-    epochs = [dict(zip(app.TRAIN_OUTPUTS, o)) for o in outputs if isinstance(o[1], app.pd.DataFrame)]
+    outputs, final = collect(finetune.train_model(request("train"), state, *form(epochs=3)))
+    epochs = [dict(zip(finetune.TRAIN_OUTPUTS, o)) for o in outputs if isinstance(o[1], pd.DataFrame)]
     assert [len(e["epoch_table"]) for e in epochs] == [1, 2, 3]
     lr_used = epochs[-1]["lr_plot"]
     assert set(lr_used["curve"]) == {"planned", "used"}
@@ -171,40 +178,41 @@ def test_training_streams_epochs_then_shows_results_and_a_download(tmp_path):
     archive = Path(final["download"]["value"])
     names = zipfile.ZipFile(archive).namelist()
     assert f"{final['run_id']}/model.onnx" in names and f"{final['run_id']}/config.json" in names
-    assert [r.run_id for r in app.STORE.runs("train")] == [final["run_id"]]
+    assert [r.run_id for r in session.STORE.runs("train")] == [final["run_id"]]
 
 
 def test_cancel_mid_training_keeps_the_best_model_and_the_app_answers(tmp_path):
-    state, _, _ = app.check_photos(request("cancel"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+    state, _, _ = finetune.check_photos(request("cancel"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
                                    *NO_CLASSES)
-    generator = app.train_model(request("cancel"), state, *form(epochs=30))
+    generator = finetune.train_model(request("cancel"), state, *form(epochs=30))
     for output in generator:
-        if isinstance(output[1], app.pd.DataFrame):  # the first epoch has finished
-            assert "Stopping" in app.cancel_training(request("cancel"))
+        if isinstance(output[1], pd.DataFrame):  # the first epoch has finished
+            assert "Stopping" in finetune.cancel_training(request("cancel"))
             break
-    final = dict(zip(app.TRAIN_OUTPUTS, list(generator)[-1]))
+    final = dict(zip(finetune.TRAIN_OUTPUTS, list(generator)[-1]))
     assert "Stopped: cancelled" in final["metrics"]
-    run = app.STORE.find(final["run_id"])
+    run = session.STORE.find(final["run_id"])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["stopped"] == "cancelled" and metrics["epochs_run"] < 30
     assert (run / "model.safetensors").is_file()
-    assert app.cancel_training(request("cancel")) == "Nothing is training in this session."
-    assert app.render_schedule(ScheduleConfig(), ValLossShape(), [], False)[4]  # the app still computes
+    assert finetune.cancel_training(request("cancel")) == "Nothing is training in this session."
+    assert schedules.render_schedule(ScheduleConfig(), ValLossShape(), [], False)[4]  # the app still computes
 
 
 def test_studio_schedule_carries_over_to_the_fine_tune_form():
     studio = ScheduleConfig("StepLR", 0.05, 7, 3, {"step_size": 2}, 1, "batch").to_dict()
-    assert app.take_studio_schedule(studio) == ("StepLR", '{"step_size": 2}', 0.05, 7, 1, "batch")
+    assert dict(zip(finetune.SCHEDULE_FIELDS, finetune.take_studio_schedule(studio))) == {
+        "scheduler": "StepLR", "params": '{"step_size": 2}', "lr": 0.05, "epochs": 7, "warmup_epochs": 1, "step_per": "batch"}
 
 
 def test_bad_settings_answer_with_a_message(tmp_path):
     state = {"path": str(write_photos(tmp_path)), "report": {}}
-    with pytest.raises(app.gr.Error, match="batch_size must be at least 1"):
-        list(app.train_model(request("bad-settings"), state, *form(batch_size=0)))
-    with pytest.raises(app.gr.Error, match="Scheduler parameters must be JSON"):
-        list(app.train_model(request("bad-settings"), state, *form(params="{oops")))
-    with pytest.raises(app.gr.Error, match="Check your photos first"):
-        list(app.train_model(request("bad-settings"), None, *form()))
+    with pytest.raises(gr.Error, match="batch_size must be at least 1"):
+        list(finetune.train_model(request("bad-settings"), state, *form(batch_size=0)))
+    with pytest.raises(gr.Error, match="Scheduler parameters must be JSON"):
+        list(finetune.train_model(request("bad-settings"), state, *form(params="{oops")))
+    with pytest.raises(gr.Error, match="Check your photos first"):
+        list(finetune.train_model(request("bad-settings"), None, *form()))
 
 
 def test_train_endpoint_through_gradio_client(client, sample_zip):
@@ -214,7 +222,7 @@ def test_train_endpoint_through_gradio_client(client, sample_zip):
               "batch_size": 8, "augment": "none"}
     result = client.predict(handle_file(sample_zip), config, api_name="/train")
     assert result["metrics"]["val"]["count"] == 8
-    run = app.STORE.find(result["run_id"])
+    run = session.STORE.find(result["run_id"])
     assert json.loads((run / "config.json").read_text())["train"]["schedule"]["epochs"] == 2
 
 
@@ -229,17 +237,17 @@ from models.runtime import OnnxClassifier  # noqa: E402
 def trained(tmp_path_factory):
     """A tiny model trained through the tab's own training path: (run id, photo folder)."""
     photos = write_photos(tmp_path_factory.mktemp("classify") / "photos")
-    state, _, _ = app.check_photos(request("clf"), "Folder on this computer", None, str(photos), 2, *NO_CLASSES)
-    final = dict(zip(app.TRAIN_OUTPUTS, list(app.train_model(request("clf"), state, *form(epochs=4)))[-1]))
+    state, _, _ = finetune.check_photos(request("clf"), "Folder on this computer", None, str(photos), 2, *NO_CLASSES)
+    final = dict(zip(finetune.TRAIN_OUTPUTS, list(finetune.train_model(request("clf"), state, *form(epochs=4)))[-1]))
     return final["run_id"], photos
 
 
 def test_classify_tab_answers_top_k_with_provider_and_latency(trained):
     run_id, photos = trained
     photo = str(photos / "red" / "red_00.jpg")
-    scores, info = app.classify_photo(photo, app.MODEL_SOURCES[0], run_id, None, 2)
+    scores, info = classify.classify_photo(photo, classify.MODEL_SOURCES[0], run_id, None, 2)
     assert len(scores) == 2 and sum(scores.values()) <= 1.0 + 1e-6
-    expected = OnnxClassifier(app.STORE.find(run_id) / "model.onnx").predict([photo], top_k=1)[0][0][0]
+    expected = OnnxClassifier(session.STORE.find(run_id) / "model.onnx").predict([photo], top_k=1)[0][0][0]
     assert max(scores, key=scores.get) == expected
     assert "CPUExecutionProvider" in info and " ms " in info
 
@@ -249,21 +257,21 @@ def test_classifying_many_photos_lists_unreadable_ones(trained, tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     files = [str(photos / "green" / "green_01.jpg"), str(bad), str(photos / "blue" / "blue_02.jpg")]
-    table, gallery, message = app.classify_many(files, app.MODEL_SOURCES[0], run_id, None, 3)
+    table, gallery, message = classify.classify_many(files, classify.MODEL_SOURCES[0], run_id, None, 3)
     assert list(table["photo"]) == ["green_01.jpg", "broken.jpg", "blue_02.jpg"]
     assert "unreadable" in table["also"][1] and len(gallery) == 2 and "3 photos" in message
 
 
 def test_classify_without_a_model_or_photo_says_what_to_do(trained):
-    with pytest.raises(app.gr.Error, match="Choose a model"):
-        app.classify_photo(str(trained[1] / "red" / "red_00.jpg"), app.MODEL_SOURCES[0], None, None, 3)
-    with pytest.raises(app.gr.Error, match="Add a photo"):
-        app.classify_photo(None, app.MODEL_SOURCES[0], trained[0], None, 3)
+    with pytest.raises(gr.Error, match="Choose a model"):
+        classify.classify_photo(str(trained[1] / "red" / "red_00.jpg"), classify.MODEL_SOURCES[0], None, None, 3)
+    with pytest.raises(gr.Error, match="Add a photo"):
+        classify.classify_photo(None, classify.MODEL_SOURCES[0], trained[0], None, 3)
 
 
 def test_runs_of_one_session_are_not_listed_in_another(trained):
-    assert trained[0] in [value for _, value in app.run_choices(request("clf"))["choices"]]
-    assert app.run_choices(request("someone-else"))["choices"] == []
+    assert trained[0] in [value for _, value in session.run_choices(request("clf"))["choices"]]
+    assert session.run_choices(request("someone-else"))["choices"] == []
 
 
 def test_classify_endpoint_through_gradio_client(client, trained):
@@ -273,7 +281,7 @@ def test_classify_endpoint_through_gradio_client(client, trained):
     photo = str(photos / "blue" / "blue_03.jpg")
     result = client.predict(handle_file(photo), run_id, 3, api_name="/classify")
     assert [p["label"] for p in result["predictions"]] == [
-        label for label, _ in OnnxClassifier(app.STORE.find(run_id) / "model.onnx").predict([photo], top_k=3)[0]]
+        label for label, _ in OnnxClassifier(session.STORE.find(run_id) / "model.onnx").predict([photo], top_k=3)[0]]
     assert result["provider"] == "CPUExecutionProvider" and result["latency_ms"] > 0
 
 
@@ -282,7 +290,7 @@ def test_many_concurrent_classify_calls_all_answer_correctly(client, trained):
 
     run_id, photos = trained
     paths = sorted(str(p) for p in photos.rglob("*.jpg"))[:16]
-    expected = [top[0][0] for top in OnnxClassifier(app.STORE.find(run_id) / "model.onnx").predict(paths, top_k=1)]
+    expected = [top[0][0] for top in OnnxClassifier(session.STORE.find(run_id) / "model.onnx").predict(paths, top_k=1)]
 
     def call(path):
         return client.predict(handle_file(path), run_id, 1, api_name="/classify")["predictions"][0]["label"]
@@ -304,24 +312,24 @@ def test_imagenet_default_model_is_exported_once_from_the_cached_weights(tmp_pat
     from models.backbones import imagenet_cache_path
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(app, "STORE", app.RunStore(tmp_path / "data"))
+    monkeypatch.setattr(session, "MODELS", ModelServer(RunStore(tmp_path / "data")))
     imagenet_cache_path("resnet18").parent.mkdir(parents=True)
     torch.save(resnet18(weights=None).state_dict(), imagenet_cache_path("resnet18"))
-    scores, info = app.classify_photo(str(ASSETS / "examples" / "hotdog.jpg"), "ImageNet ResNet-18", None, None, 5)
+    scores, info = classify.classify_photo(str(ASSETS / "examples" / "hotdog.jpg"), "ImageNet ResNet-18", None, None, 5)
     assert len(scores) == 5
     assert len(OnnxClassifier(tmp_path / "data" / "imagenet-resnet18.onnx").labels) == 1000
 
 
 def test_closing_the_page_mid_training_stops_that_training(tmp_path):
-    state, _, _ = app.check_photos(request("closed-tab"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+    state, _, _ = finetune.check_photos(request("closed-tab"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
                                    *NO_CLASSES)
-    generator = app.train_model(request("closed-tab"), state, *form(epochs=200))
+    generator = finetune.train_model(request("closed-tab"), state, *form(epochs=200))
     for output in generator:
-        if isinstance(output[1], app.pd.DataFrame):
+        if isinstance(output[1], pd.DataFrame):
             break
     generator.close()  # what Gradio does when the browser goes away
-    deadline = app.time.time() + 60
-    while app.time.time() < deadline and any(t.name.startswith("fit-") for t in app.threading.enumerate()):
-        app.time.sleep(0.2)
-    (run,) = app.STORE.runs("closed-tab")
+    deadline = time.time() + 60
+    while time.time() < deadline and any(t.name.startswith("fit-") for t in threading.enumerate()):
+        time.sleep(0.2)
+    (run,) = session.STORE.runs("closed-tab")
     assert json.loads((run.path / "metrics.json").read_text())["stopped"] == "cancelled"

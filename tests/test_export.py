@@ -64,7 +64,7 @@ def make_run(root, per_class: int = 15):
         arrays[split].append(SPEC.to_array(load_rgb(data / rel)))
     train_targets = torch.tensor([LABELS.index(label) for _, label in files["train"]])
     model = fit_colour_model(torch.from_numpy(np.stack(arrays["train"])), train_targets)
-    config = RunConfig(TrainConfig(arch="resnet18", weights="none", image_size=64), LABELS, SPEC.to_dict())
+    config = RunConfig(TrainConfig(arch="resnet18", weights="none", image_size=64), LABELS, SPEC)
     (run / "config.json").write_text(json.dumps(config.to_dict()))
     save_file(model.state_dict(), str(run / "model.safetensors"))
     (run / "metrics.json").write_text(json.dumps({"best_val_accuracy": 1.0}))
@@ -111,7 +111,7 @@ def test_onnx_file_alone_carries_labels_preprocessing_config_and_classifies_like
     classifier = OnnxClassifier(alone, providers="cpu")
     assert classifier.labels == LABELS
     assert classifier.spec == SPEC
-    assert classifier.config == json.loads((run / "config.json").read_text())
+    assert classifier.config == json.loads((run / "config.json").read_text())["train"]  # the training config, once
     rng = np.random.default_rng(1)
     photos = [colour_photo(rng, label, 70, 50) for label in (0, 1, 2, 2, 0)]
     predicted = [top[0][0] for top in classifier.predict(photos, top_k=1)]

@@ -3,7 +3,7 @@
 Three doors are fuzzed, each with property-based cases (Hypothesis) and a corpus of crafted files:
 
 * the photo intake: `trainer.data.open_dataset` on folders and zips, and the app's own handler
-  `app.check_photos`, which may only ever answer with a result or a `gr.Error` carrying a message;
+  `ui.finetune.check_photos`, which may only ever answer with a result or a `gr.Error` carrying a message;
 * the learning-rate formula language (`trainer.formula.parse_formula`) and the schedules API that
   uses it (`trainer.schedules.lr_curve`), which may only raise FormulaError / ScheduleError, fast;
 * model files: `models.runtime.OnnxClassifier` and the app's classify path, which may only raise
@@ -52,7 +52,7 @@ from models.runtime import ModelLoadError, OnnxClassifier
 from trainer.config import ScheduleConfig
 from trainer.data import MAX_ZIP_BYTES, DataError, extract_zip, is_hidden, open_dataset
 from trainer.formula import MAX_LENGTH, FormulaError, parse_formula
-from trainer.runs import RunStore
+from models.run_store import RunStore
 from trainer.schedules import ScheduleError, lr_curve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,15 +247,20 @@ def sandbox(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def app_module(sandbox):
-    """The app with STORE under sandbox/store, so 'nothing outside its data folder' can be checked."""
-    import app
+    """The app's handlers with its run store under sandbox/store, so 'nothing outside its data folder' can be checked."""
+    import gradio
 
-    saved = app.STORE
-    app.STORE = RunStore(sandbox / "store")
+    from models.serving import ModelServer
+    from ui import classify, finetune, session
+
+    saved = session.STORE, session.MODELS
+    session.STORE = RunStore(sandbox / "store")
+    session.MODELS = ModelServer(session.STORE)
     try:
-        yield app
+        yield SimpleNamespace(check_photos=finetune.check_photos, classify_api=classify.classify_api,
+                              classify_files=session.MODELS.classify_files, gr=gradio)
     finally:
-        app.STORE = saved
+        session.STORE, session.MODELS = saved
 
 
 NO_CLASSES = [""] * 8 + [None] * 8

@@ -448,18 +448,20 @@ def test_push_cli_prints_the_link_and_never_the_token(run_dir, fake_hub, tmp_pat
 
 
 def test_share_panel_pushes_a_run_and_makes_a_space(run_dir, fake_hub, monkeypatch, tmp_path):
-    import app
+    import gradio as gr
+
+    from ui import finetune, session
 
     monkeypatch.setenv("HF_ENDPOINT", fake_hub.url)
-    run_id, path = app.STORE.new_run("share-panel")
+    run_id, path = session.STORE.new_run("share-panel")
     shutil.rmtree(path)
     copy_run(run_dir, path)
-    message, token_box = app.push_to_hub(run_id, "alice/from-the-tab", False, ALICE)
+    message, token_box = finetune.push_to_hub(run_id, "alice/from-the-tab", False, ALICE)
     assert f"{fake_hub.url}/alice/from-the-tab" in message and token_box["value"] == ""
     assert "model.onnx" in fake_hub.repo("alice/from-the-tab").files
-    message, space_zip, _ = app.make_space_for_run(run_id, "alice/tab-space", False, ALICE)
+    message, space_zip, _ = finetune.make_space_for_run(run_id, "alice/tab-space", False, ALICE)
     assert "Space pushed" in message and Path(space_zip["value"]).is_file()
     assert fake_hub.repo("alice/tab-space", "space").sdk == "gradio"
     assert ALICE not in "".join(p.read_text(errors="ignore") for p in path.rglob("*") if p.is_file())
-    with pytest.raises(app.gr.Error, match="not a valid repository name|use the form user/name"):
-        app.push_to_hub(run_id, "no slash here", False, ALICE)
+    with pytest.raises(gr.Error, match="not a valid repository name|use the form user/name"):
+        finetune.push_to_hub(run_id, "no slash here", False, ALICE)

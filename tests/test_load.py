@@ -14,9 +14,12 @@ import sys
 import threading
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
+import trainer.stream
 from conftest import write_photos, zip_folder
+from ui import finetune, session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import bench_load  # noqa: E402
@@ -58,20 +61,20 @@ def test_two_trainings_get_their_own_runs_configs_and_session_listings(server, t
     ids = [t.result["run_id"] for t in trainings.jobs]
     assert len(set(ids)) == 2
     for trace, run_id in zip(trainings.jobs, ids):
-        folder = app.STORE.find(run_id)
+        folder = session.STORE.find(run_id)
         assert folder.parent.name == trace.session  # the run lives under the session that asked for it
         assert json.loads((folder / "config.json").read_text())["train"]["seed"] == trace.config["seed"]
         assert (folder / "model.onnx").is_file()
         # Each session sees its own run and not the other's.
-        assert [r.run_id for r in app.STORE.runs(trace.session)] == [run_id]
-    assert bench_load.check_runs(trainings, app.STORE) == []
+        assert [r.run_id for r in session.STORE.runs(trace.session)] == [run_id]
+    assert bench_load.check_runs(trainings, session.STORE) == []
 
 
 def test_concurrent_classify_calls_are_all_answered_and_all_correct(server, trainings):
     app, url = server
     run_id = trainings.jobs[0].result["run_id"]
     photos = bench_load.photos()[::4]  # 11 of the shipped photos, examples and sample alike
-    expected = bench_load.expected_predictions(app.STORE.find(run_id) / "model.onnx", photos)
+    expected = bench_load.expected_predictions(session.STORE.find(run_id) / "model.onnx", photos)
     load = bench_load.classify_load(url, run_id, expected, clients=4, per_client=5)
     print(f"\n{load.summary()}")
     assert load.errors == [] and load.wrong == []
@@ -90,14 +93,14 @@ def test_a_training_that_fails_unexpectedly_answers_with_an_error_instead_of_wai
         raise OSError(28, "No space left on device")
 
     # A fault injected into training itself; the code under test is the handler that runs it.
-    monkeypatch.setattr(app, "fit", disk_full)
+    monkeypatch.setattr(trainer.stream, "fit", disk_full)
     archive = zip_folder(write_photos(tmp_path / "photos", per_class=2, classes=("red", "blue")), tmp_path / "p.zip")
     outcome = {}
 
     def call():
         request = SimpleNamespace(session_hash="fails", client=SimpleNamespace(host="127.0.0.1"))
         try:
-            outcome["result"] = app.train_api(str(archive), bench_load.tiny_config(seed=0), request)
+            outcome["result"] = finetune.train_api(str(archive), bench_load.tiny_config(seed=0), request)
         except Exception as exc:  # noqa: BLE001 -- what it raised is the point
             outcome["error"] = exc
 
@@ -106,4 +109,4 @@ def test_a_training_that_fails_unexpectedly_answers_with_an_error_instead_of_wai
     thread.start()
     thread.join(timeout=10)  # the injected failure is immediate; an answer needs well under a second
     assert not thread.is_alive(), "train_api is still waiting for a training thread that has died"
-    assert isinstance(outcome.get("error"), app.gr.Error), outcome
+    assert isinstance(outcome.get("error"), gr.Error), outcome

@@ -35,7 +35,7 @@ def make_run(root: Path, per_class: int = 12) -> Path:
         inputs.append(SPEC.to_array(image))
         targets.append(label)
     model = fit_colour_model(torch.from_numpy(np.stack(inputs)), torch.tensor(targets))
-    config = RunConfig(TrainConfig(arch="resnet18", weights="none", image_size=64), LABELS, SPEC.to_dict())
+    config = RunConfig(TrainConfig(arch="resnet18", weights="none", image_size=64), LABELS, SPEC)
     (run / "config.json").write_text(json.dumps(config.to_dict()))
     save_file(model.eval().state_dict(), str(run / "model.safetensors"))
     (run / "data_report.json").write_text(json.dumps({"root": str(data), "files": files}))

@@ -1,4 +1,4 @@
-"""RunStore: run folders per session, lookup by id, expiry, and the downloadable zip."""
+"""RunStore: run folders per visitor, lookup by id, expiry, and the downloadable zip."""
 
 import json
 import os
@@ -7,12 +7,13 @@ import zipfile
 
 import pytest
 
-from trainer.runs import RunStore
+from models.run_store import RunStore
 
 
 def finished_run(store: RunStore, session: str) -> str:
     run_id, path = store.new_run(session)
-    config = {"labels": ["a", "b"], "preprocessing": {}, "train": {"arch": "resnet18", "strategy": "full"}}
+    config = {"labels": ["a", "b"], "preprocessing": {"resize": 256, "crop": 224, "mean": [0.5] * 3, "std": [0.2] * 3},
+              "train": {"arch": "resnet18", "strategy": "full"}}
     (path / "config.json").write_text(json.dumps(config))
     (path / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.75}}))
     return run_id
@@ -35,7 +36,7 @@ def test_run_ids_find_runs_and_refuse_path_tricks(tmp_path):
     for bad in ("../alice", "*", "", "a/b"):
         with pytest.raises(ValueError):
             store.find(bad)
-    with pytest.raises(ValueError, match="invalid session"):
+    with pytest.raises(ValueError, match="invalid visitor"):
         store.new_run("../../etc")
 
 

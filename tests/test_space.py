@@ -8,6 +8,7 @@ import gradio
 import yaml
 
 import app
+from ui import session
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,4 +63,4 @@ def test_launch_listens_on_loopback_unless_the_environment_says_otherwise(monkey
 def test_runs_live_under_the_data_directory_from_the_environment():
     import os
 
-    assert app.STORE.root == Path(os.environ["TRANSFER_STUDIO_DATA_DIR"]).resolve()
+    assert session.STORE.root == Path(os.environ["TRANSFER_STUDIO_DATA_DIR"]).resolve()

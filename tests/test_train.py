@@ -13,7 +13,7 @@ from torchvision.models import resnet18
 
 from conftest import tiny_config, write_photos, zip_folder
 from models.backbones import WeightsUnavailable, create_model, imagenet_cache_path, preprocessing_for
-from models.preprocess import PreprocessSpec, load_rgb
+from models.preprocess import load_rgb
 from trainer.config import ConfigError, RunConfig, ScheduleConfig
 from trainer.lr_finder import lr_find, valley
 from trainer.train import fit
@@ -87,8 +87,8 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_improvement(p
 def test_saved_run_reloads_and_reproduces_its_validation_accuracy(photos, tmp_path):
     result = fit(photos, tiny_config(epochs=3), tmp_path / "run", export=False)
     run = RunConfig.from_dict(json.loads((tmp_path / "run" / "config.json").read_text()))
-    spec = PreprocessSpec.from_dict(run.preprocessing)
-    assert spec == preprocessing_for("resnet18", 32)
+    spec = run.preprocessing
+    assert spec == preprocessing_for("resnet18", 32) and run.train == tiny_config(epochs=3)
     model = create_model(run.train.arch, len(run.labels), "none")
     model.load_state_dict(load_file(str(tmp_path / "run" / "model.safetensors")))
     model.eval()

@@ -7,8 +7,8 @@ import json
 import signal
 import sys
 
-from trainer.config import ARCHS, AUGMENTS, OPTIMIZERS, STEP_PER, STRATEGIES, ConfigError, ScheduleConfig, TrainConfig
-from trainer.schedules import CATALOGUE, ScheduleError, lr_curve
+from trainer.config import ConfigError, ScheduleConfig, TrainConfig, choices_of, config_fields, default_of
+from trainer.schedules import ScheduleError, lr_curve
 
 
 def _key_value(text: str) -> tuple[str, object]:
@@ -22,69 +22,44 @@ def _key_value(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
-def add_schedule_args(parser: argparse.ArgumentParser, epochs: int = 10, lr: float = 0.01) -> None:
-    """The schedule flags, shared by `lr`, `fit` and `lr-find`."""
-    parser.add_argument("--scheduler", default="CosineAnnealingLR", choices=list(CATALOGUE), metavar="NAME",
-                        help=f"one of: {', '.join(CATALOGUE)}")
-    parser.add_argument("--lr", type=float, default=lr, help="base learning rate")
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--param", type=_key_value, action="append", default=[], metavar="KEY=VALUE",
-                        help="scheduler parameter, JSON when possible: milestones=[3,6] gamma=0.5 lr_lambda='0.95 ** epoch'")
-    parser.add_argument("--warmup-epochs", type=int, default=0, help="linear warm-up epochs in front of the scheduler")
-    parser.add_argument("--step-per", choices=STEP_PER, default="epoch",
-                        help="step the scheduler after every epoch or every batch")
+def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """One flag per field of the config dataclass `cls` (nested schedule fields included), from its metadata."""
+    for f in config_fields(cls):
+        if f.name in exclude:
+            continue
+        meta, default = f.metadata, default_of(f)
+        flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
+        kwargs: dict = {"dest": f.name, "help": meta.get("help")}
+        choices = choices_of(f)
+        if isinstance(default, bool):
+            kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, dict):  # KEY=VALUE pairs, repeated
+            kwargs.update(type=_key_value, action="append", default=[], metavar="KEY=VALUE")
+        else:
+            kwargs.update(type=type(default), default=default)
+            if choices:
+                kwargs.update(choices=choices)
+                if len(choices) > 6:  # a long list reads better in the help text than in the usage line
+                    kwargs.update(metavar="NAME", help=f"{meta.get('help')}: {', '.join(choices)}")
+        if not isinstance(default, (bool, dict)):
+            kwargs["help"] = f"{kwargs['help']} (default: {default})"
+        parser.add_argument(flag, **kwargs)
 
 
-def schedule_from_args(args: argparse.Namespace, steps_per_epoch: int = 1) -> ScheduleConfig:
-    return ScheduleConfig(
-        scheduler=args.scheduler,
-        lr=args.lr,
-        epochs=args.epochs,
-        steps_per_epoch=steps_per_epoch,
-        params=dict(args.param),
-        warmup_epochs=args.warmup_epochs,
-        step_per=args.step_per,
-    )
+def config_from_args(args: argparse.Namespace, cls: type, **fixed):
+    """The config dataclass `cls` from parsed flags (and `fixed` values the command sets itself)."""
+    values = {f.name: getattr(args, f.name) for f in config_fields(cls) if hasattr(args, f.name)}
+    for f in config_fields(cls):
+        if isinstance(values.get(f.name), list) and isinstance(default_of(f), dict):
+            values[f.name] = dict(values[f.name])
+    values.update(fixed)
+    return cls.from_dict(values)
 
 
 def add_train_args(parser: argparse.ArgumentParser) -> None:
-    """The model and data flags, shared by `fit` and `lr-find`."""
-    defaults = TrainConfig()
+    """The data argument and every training field (the run derives steps per epoch), shared by `fit` and `lr-find`."""
     parser.add_argument("data", help="a folder of class subfolders (or train/ val/ test/), or a .zip of one")
-    parser.add_argument("--arch", choices=ARCHS, default=defaults.arch)
-    parser.add_argument("--weights", default=defaults.weights, help="imagenet, none, or a .safetensors/.pth path")
-    parser.add_argument("--strategy", choices=STRATEGIES, default=defaults.strategy)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--head-epochs", type=int, default=defaults.head_epochs,
-                        help="finetune: epochs training only the head before unfreezing")
-    parser.add_argument("--head-lr-mult", type=float, default=defaults.head_lr_mult,
-                        help="finetune: head LR = this x backbone LR")
-    parser.add_argument("--optimizer", choices=OPTIMIZERS, default=defaults.optimizer)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum)
-    parser.add_argument("--nesterov", action="store_true")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing)
-    parser.add_argument("--class-weighted", action="store_true", help="weight the loss by inverse class frequency")
-    parser.add_argument("--augment", choices=AUGMENTS, default=defaults.augment)
-    parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--patience", type=int, default=defaults.patience, help="early stopping; 0 = off")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=defaults.device)
-    add_schedule_args(parser, epochs=defaults.epochs, lr=defaults.lr)
-
-
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    config = TrainConfig(
-        arch=args.arch, weights=args.weights, strategy=args.strategy, schedule=schedule_from_args(args),
-        batch_size=args.batch_size, head_epochs=args.head_epochs, head_lr_mult=args.head_lr_mult,
-        optimizer=args.optimizer, momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, class_weighted=args.class_weighted, augment=args.augment,
-        image_size=args.image_size, val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
-        device=args.device,
-    )
-    config.validate()
-    return config
+    add_config_args(parser, TrainConfig, exclude=("steps_per_epoch",))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -92,8 +67,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     lr = commands.add_parser("lr", help="print the learning rate at every optimizer step of a schedule")
-    add_schedule_args(lr)
-    lr.add_argument("--steps-per-epoch", type=int, default=1)
+    add_config_args(lr, ScheduleConfig)
     lr.add_argument("--val-loss", type=json.loads, default=None,
                     help="ReduceLROnPlateau: JSON list of per-epoch validation losses (default: a made-up curve)")
     lr.add_argument("--json", action="store_true", help='print {"lr": [...]}')
@@ -113,7 +87,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def run_lr(args: argparse.Namespace) -> int:
-    curve = lr_curve(schedule_from_args(args, args.steps_per_epoch), args.val_loss)
+    curve = lr_curve(config_from_args(args, ScheduleConfig), args.val_loss)
     if args.json:
         print(json.dumps({"lr": curve.lr}))
         return 0
@@ -156,7 +130,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     from trainer.train import fit
 
-    config = train_config_from_args(args)
+    config = config_from_args(args, TrainConfig)
     bar = None
 
     def on_batch(event):
@@ -191,7 +165,7 @@ def run_lr_find(args: argparse.Namespace) -> int:
     from trainer.lr_finder import lr_find
 
     with _StopOnInterrupt() as stop:
-        result = lr_find(args.data, train_config_from_args(args), iterations=args.iterations,
+        result = lr_find(args.data, config_from_args(args, TrainConfig), iterations=args.iterations,
                          start_lr=args.start_lr, end_lr=args.end_lr, should_stop=stop)
     if args.json:
         print(json.dumps(result.to_dict()))

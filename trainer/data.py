@@ -28,6 +28,7 @@ from PIL import Image
 
 from models.atomic import write_json
 from models.preprocess import MAX_PIXELS, UnreadableImage, load_rgb
+from models.run_folder import DATA, DATA_REPORT
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -546,7 +547,7 @@ def open_dataset(
         else:
             if workdir is None:
                 raise ValueError("open_dataset needs a workdir to extract a zip into")
-            dest = Path(workdir) / "data"
+            dest = Path(workdir) / DATA
             if dest.is_dir() and not dest.is_symlink():
                 shutil.rmtree(dest)
             root = extract_zip(source, dest, skipped=unpacked).resolve()
@@ -625,7 +626,7 @@ def open_dataset(
         "files": {split: [[r.rel, labels[r.label]] for r in splits[split]] for split in SPLITS},
     }
     if workdir is not None:
-        write_report(report, Path(workdir) / "data_report.json")
+        write_report(report, Path(workdir) / DATA_REPORT)
     return Dataset(root, labels, splits["train"], splits["val"], splits["test"], report)
 
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from models.backbones import create_model, preprocessing_for
 from trainer.config import TrainConfig
-from trainer.train import Autocast, build_task, to_device, create_optimizer, load_data, resolve_device
+from trainer.step import Autocast, create_optimizer, resolve_device, to_device, train_step
+from trainer.task import build_task, load_data
 
 SMOOTHING = 0.98  # exponential moving average of the loss, debiased, as fastai smooths it
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its best value
@@ -94,12 +95,7 @@ def lr_find(
         lr = start_lr * (end_lr / start_lr) ** (step / (iterations - 1))
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = lr * ratio
-        with autocast():
-            loss = criterion(task.module(to_device(x, device)).float(), y.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        autocast.scaler.scale(loss).backward()
-        autocast.scaler.step(optimizer)
-        autocast.scaler.update()
+        loss, _ = train_step(task.module, to_device(x, device), y.to(device), criterion, optimizer, autocast)
         value = loss.item()
         if not math.isfinite(value):
             break

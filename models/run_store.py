@@ -1,0 +1,108 @@
+"""Many run folders under one data directory: new ids, each visitor's runs, lookup by id, expiry, zipping.
+
+Layout: `<data_dir>/<visitor>/<run_id>/` for runs and `<data_dir>/<visitor>/uploads/` for photos
+being checked before training. Run ids are random and unguessable, so an id alone finds a run
+(the API hands them out), while listings stay per visitor. What is inside one run folder is
+`models.run_folder`'s business.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from models.run_folder import RunFolder, RunFolderError
+
+DATA_DIR_ENV = "TRANSFER_STUDIO_DATA_DIR"
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get(DATA_DIR_ENV) or Path.cwd() / "runs").resolve()
+
+
+@dataclass
+class RunInfo:
+    run_id: str
+    path: Path
+    created: float
+    summary: str  # one line for pickers: arch, strategy, accuracy
+
+
+class RunStore:
+    def __init__(self, root: str | Path | None = None, max_age_hours: float | None = None):
+        self.root = Path(root).resolve() if root else default_data_dir()
+        self.max_age_seconds = None if not max_age_hours else max_age_hours * 3600
+
+    def visitor_dir(self, visitor: str) -> Path:
+        if not _ID.match(visitor or ""):
+            raise ValueError("invalid visitor id")
+        return self.root / visitor
+
+    def new_run(self, visitor: str) -> tuple[str, Path]:
+        run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+        path = self.visitor_dir(visitor) / run_id
+        path.mkdir(parents=True)
+        return run_id, path
+
+    def upload_dir(self, visitor: str) -> Path:
+        """A fresh folder for photos being checked (the previous check's photos are replaced)."""
+        path = self.visitor_dir(visitor) / "uploads" / secrets.token_hex(4)
+        path.mkdir(parents=True)
+        return path
+
+    def runs(self, visitor: str) -> list[RunInfo]:
+        """This visitor's finished runs, newest first."""
+        folder = self.visitor_dir(visitor)
+        found = [self._info(p) for p in folder.iterdir() if p.is_dir() and RunFolder(p).has_config()] if folder.is_dir() else []
+        return sorted((info for info in found if info), key=lambda r: r.created, reverse=True)
+
+    def find(self, run_id: str) -> Path:
+        """The folder of a run id from any visitor; ValueError when there is none."""
+        if not _ID.match(run_id or ""):
+            raise ValueError(f"{run_id!r} is not a run id")
+        for match in self.root.glob(f"*/{run_id}"):
+            if RunFolder(match).has_config():
+                return match
+        raise ValueError(f"No run with id {run_id!r}")
+
+    def expire(self) -> list[Path]:
+        """Delete visitor folders untouched for longer than max_age; returns what was removed."""
+        if not self.max_age_seconds or not self.root.is_dir():
+            return []
+        cutoff = time.time() - self.max_age_seconds
+        removed = []
+        for visitor in self.root.iterdir():
+            if visitor.is_dir() and _newest_mtime(visitor) < cutoff:
+                shutil.rmtree(visitor, ignore_errors=True)
+                removed.append(visitor)
+        return removed
+
+    def zip_run(self, run_dir: Path) -> Path:
+        """The run folder as `<run_id>.zip` next to it (photos extracted from an upload left out)."""
+        run = RunFolder(run_dir)
+        archive = run.path.parent / f"{run.name}.zip"
+        tmp = archive.with_suffix(".zip.tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in run.shared_files():
+                zf.write(path, f"{run.name}/{path.relative_to(run.path).as_posix()}")
+        os.replace(tmp, archive)
+        return archive
+
+    @staticmethod
+    def _info(path: Path) -> RunInfo | None:
+        try:
+            summary = RunFolder(path).summary()
+        except RunFolderError:  # a damaged folder is left out of pickers, not a reason to fail the listing
+            return None
+        return RunInfo(path.name, path, path.stat().st_mtime, summary)
+
+
+def _newest_mtime(folder: Path) -> float:
+    return max((p.stat().st_mtime for p in folder.rglob("*")), default=folder.stat().st_mtime)
