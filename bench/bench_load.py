@@ -21,7 +21,6 @@ Traffic goes only to 127.0.0.1; every call has a timeout. Exit status 1 when a c
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import socket
@@ -278,7 +277,9 @@ def check_runs(result: TwoTrainings, store=None) -> list[str]:
         return problems
     for trace, run_id in zip(traces, ids):
         folder = store.find(run_id)
-        saved = json.loads((folder / "config.json").read_text())["train"]
+        from models.run_folder import RunFolder
+
+        saved = RunFolder(folder).read_config().train
         if saved["seed"] != trace.config["seed"]:
             problems.append(f"run {run_id} saved seed {saved['seed']}, its session asked for {trace.config['seed']}")
         listed = [r.run_id for r in store.runs(trace.session)]
@@ -340,7 +341,9 @@ def main() -> None:
         run_id = answer["run_id"]
         print(f"trained run {run_id} (resnet18, weights none, 32 px, 1 epoch on assets/sample) in "
               f"{time.perf_counter() - began:.1f} s; val accuracy {answer['metrics']['val']['accuracy']:.2f}")
-    model = args.model or run_store().find(run_id) / "model.onnx"
+    from models.runtime import resolve_model
+
+    model = args.model or resolve_model(run_store().find(run_id))
 
     paths = photos()
     load = classify_load(url, run_id, expected_predictions(model, paths), args.clients, args.photos)

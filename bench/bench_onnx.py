@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from models.backbones import create_model, preprocessing_for  # noqa: E402
 from models.export import export_onnx, export_run, write_fp16, write_int8  # noqa: E402
+from models.run_folder import RunFolder  # noqa: E402
 from models.runtime import INPUT_NAME, LOGITS_NAME, OnnxClassifier  # noqa: E402
 
 IMAGE_SIZE = 224
@@ -94,11 +95,12 @@ def bench_cpu(args, folder: Path) -> None:
 
 def bench_accuracy(run: Path, data: Path, threads: int) -> None:
     """fp32 vs INT8 accuracy of a trained run on the dataset's test/ photos (never seen in training)."""
-    if not (run / "model.int8.onnx").is_file():
+    folder = RunFolder(run)
+    if not folder.onnx("int8").is_file():
         print(f"exporting {run} with --int8 (calibrated on its validation photos)...")
         export_run(run, int8=True)
-    fp32 = OnnxClassifier(run / "model.onnx", providers="cpu", intra_op_threads=threads)
-    int8 = OnnxClassifier(run / "model.int8.onnx", providers="cpu", intra_op_threads=threads)
+    fp32 = OnnxClassifier(folder.onnx("fp32"), providers="cpu", intra_op_threads=threads)
+    int8 = OnnxClassifier(folder.onnx("int8"), providers="cpu", intra_op_threads=threads)
     photos = sorted(p for p in (data / "test").glob("*/*") if p.is_file())
     unknown = sorted({p.parent.name for p in photos} - set(fp32.labels))
     if not photos or unknown:

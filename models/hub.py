@@ -351,7 +351,8 @@ def download_model(
     # No token is fine for a public repo; the cached login (or HF_TOKEN) is used when there is one.
     token = token or _login_token()
     with _hub_errors("download", repo_id, endpoint or constants.ENDPOINT, token, revision=revision):
-        return Path(hf_hub_download(repo_id, "model.onnx", revision=revision, token=token, endpoint=endpoint))
+        # A pushed repo holds the run folder's files under their own names.
+        return Path(hf_hub_download(repo_id, ONNX_VARIANTS["fp32"], revision=revision, token=token, endpoint=endpoint))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -465,3 +465,21 @@ def test_share_panel_pushes_a_run_and_makes_a_space(run_dir, fake_hub, monkeypat
     assert ALICE not in "".join(p.read_text(errors="ignore") for p in path.rglob("*") if p.is_file())
     with pytest.raises(gr.Error, match="not a valid repository name|use the form user/name"):
         finetune.push_to_hub(run_id, "no slash here", False, ALICE)
+
+
+def test_a_run_folder_written_before_the_run_folder_module_still_pushes(fake_hub, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from models.backbones import create_model
+    from models.export import export_run
+
+    run = tmp_path / "old-run"
+    shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "old-run", run)
+    torch.manual_seed(0)
+    save_file(create_model("resnet18", 3, "none").state_dict(), str(run / "model.safetensors"))
+    export_run(run)
+    hub.push_run(run, "alice/old-run", token=ALICE, endpoint=fake_hub.url)
+    repo = fake_hub.repo("alice/old-run")
+    assert {"model.onnx", "config.json", "labels.json", "README.md", "confusion_matrix.png"} <= set(repo.files)
+    assert json.loads(repo.files["labels.json"]) == ["blue", "green", "red"]

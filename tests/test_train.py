@@ -136,7 +136,13 @@ def test_a_non_empty_out_folder_is_refused_unless_overwrite(photos, tmp_path):
     assert not (out / "keep.txt").exists()
 
 
-def test_a_finished_training_exports_onnx_with_a_parity_check(photos, tmp_path):
+def test_a_finished_training_exports_onnx_from_memory_with_a_parity_check(photos, tmp_path, monkeypatch):
+    import models.export
+
+    def from_disk(*args, **kwargs):
+        raise AssertionError("fit exports the model it holds, without reading the run folder back")
+
+    monkeypatch.setattr(models.export, "export_run", from_disk)
     result = fit(photos, tiny_config(epochs=1), tmp_path / "run")
     assert (tmp_path / "run" / "model.onnx").is_file()
     fp32 = result.metrics["export"]["variants"]["fp32"]

@@ -198,14 +198,16 @@ def _build(cls, d: dict):
     return cls(**{name: _coerce(name, value, default_of(known[name])) for name, value in d.items()})
 
 
-_KINDS = {bool: "true or false", int: "whole number", float: "number", str: "text", dict: "JSON object"}
+_KINDS = {bool: "true or false", int: "a whole number", float: "a number", str: "text", dict: "a JSON object"}
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
     """JSON and form values arrive as str/int/float; bring them to the field's type."""
     kind = type(default)
+    if value is None and kind is dict:
+        return {}
     if value is None or (isinstance(value, str) and not value.strip() and kind is not str):
-        raise ConfigError(f"{name} is blank: give a {_KINDS.get(kind, kind.__name__)}")
+        raise ConfigError(f"{name} is blank: give {_KINDS.get(kind, kind.__name__)}")
     try:
         if kind is dict:
             if not isinstance(value, dict):
@@ -237,7 +239,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
             raise ValueError
         return str(value)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{name} must be a {_KINDS.get(kind, kind.__name__)}, got {_shown(value)}") from None
+        raise ConfigError(f"{name} must be {_KINDS.get(kind, kind.__name__)}, got {_shown(value)}") from None
 
 
 def _shown(value: Any) -> str:
