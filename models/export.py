@@ -64,6 +64,8 @@ def export_onnx(
 ) -> dict:
     """Export `model` (eval mode, on CPU) to one .onnx file at `path` and check it against PyTorch.
 
+    `config` is the training config (or, for a model not trained here, where it came from); the
+    metadata holds it, the labels and the preprocessing, once each.
     Outputs "logits" and "probabilities" for inputs "input" [batch, 3, crop, crop]. The check runs
     ONNX Runtime's CPU provider on `check_inputs` (NCHW float32; two random inputs when None) and
     returns {"max_abs_logit_diff", "top1_agreement", ...}; a failing file is removed and ExportError raised.
