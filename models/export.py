@@ -141,18 +141,18 @@ def export_model(
 
     try:
         previous = ((run.read_metrics() if run.file(METRICS).is_file() else {}).get("export") or {}).get("variants", {})
+        # Variants exported earlier and not redone stay listed while their files exist (same weights).
+        kept = {name: rec for name, rec in previous.items() if name not in variants and run.file(rec.get("file", "")).is_file()}
+        export_record = {
+            "opset": OPSET,
+            "torch": torch.__version__,
+            "onnxruntime": _ort_version(),
+            "inputs": {"count": int(len(inputs)), "source": source, "labelled": targets is not None},
+            "variants": {**variants, **kept},
+        }
+        run.merge_metrics(export=export_record)
     except RunFolderError as exc:
         raise ExportError(str(exc)) from None
-    # Variants exported earlier and not redone stay listed while their files exist (same weights).
-    kept = {name: rec for name, rec in previous.items() if name not in variants and run.file(rec.get("file", "")).is_file()}
-    export_record = {
-        "opset": OPSET,
-        "torch": torch.__version__,
-        "onnxruntime": _ort_version(),
-        "inputs": {"count": int(len(inputs)), "source": source, "labelled": targets is not None},
-        "variants": {**variants, **kept},
-    }
-    run.merge_metrics(export=export_record)
     return export_record
 
 

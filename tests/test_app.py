@@ -85,6 +85,10 @@ def test_lr_curve_endpoint_through_gradio_client(client):
 def test_lr_curve_endpoint_answers_bad_parameters_with_their_message(client):
     with pytest.raises(Exception, match="milestones must be strictly increasing"):
         client.predict({"scheduler": "MultiStepLR", "params": {"milestones": [5, 2]}}, api_name="/lr_curve")
+    with pytest.raises(Exception, match="epochs must be a whole number, got 2.5"):
+        client.predict({"scheduler": "StepLR", "epochs": 2.5}, api_name="/lr_curve")
+    with pytest.raises(Exception, match="Send the schedule as a JSON object of fields"):
+        client.predict([1, 2], api_name="/lr_curve")
 
 
 # ---------------------------------------------------------------- the fine-tune tab's handlers

@@ -81,3 +81,4 @@ def test_flat_and_nested_forms_give_the_same_config():
     nested = TrainConfig.from_dict({"arch": "resnet34", "schedule": {"lr": 0.1, "epochs": 4, "scheduler": "StepLR"}})
     flat = TrainConfig.from_dict({"arch": "resnet34", "lr": 0.1, "epochs": 4, "scheduler": "StepLR"})
     assert nested == flat and TrainConfig.from_dict(nested.to_dict()) == nested
+    assert TrainConfig.from_dict({"params": None}).schedule.params == {}  # an API client's null means none

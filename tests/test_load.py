@@ -110,3 +110,6 @@ def test_a_training_that_fails_unexpectedly_answers_with_an_error_instead_of_wai
     thread.join(timeout=10)  # the injected failure is immediate; an answer needs well under a second
     assert not thread.is_alive(), "train_api is still waiting for a training thread that has died"
     assert isinstance(outcome.get("error"), gr.Error), outcome
+    assert "could not be written" in outcome["error"].message
+    runs = [p for p in session.STORE.visitor_dir("fails").iterdir() if p.name != "uploads"]
+    assert runs == []  # the unfinished run folder is removed, not listed as a run

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset as TorchDataset, TensorDataset
 
 from models.preprocess import PreprocessSpec
+from models.run_folder import RunFolder
 from trainer.config import TrainConfig
 from trainer.data import Dataset, ImageRecord, open_dataset
 from trainer.schedules import lr_curve, scheduler_info
@@ -40,9 +41,11 @@ def planned_head_lr(config: TrainConfig, steps_per_epoch: int) -> list[float] | 
 def load_data(data, config: TrainConfig, spec: PreprocessSpec, workdir: Path) -> Dataset:
     """Open the photos once (a folder, a .zip extracted into `workdir`, or an opened Dataset as it is).
 
-    Each photo is decoded and resized to the spec's shorter side, then cached.
+    Each photo is decoded and resized to the spec's shorter side, then cached; the data report lands
+    in `workdir` (open_dataset writes it for what it opens).
     """
     if isinstance(data, Dataset):
+        RunFolder(workdir).write_data_report(data.report)
         return data
     return open_dataset(
         data,

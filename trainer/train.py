@@ -124,7 +124,6 @@ def fit(
     device = resolve_device(config.device)
     spec = preprocessing_for(config.arch, config.image_size)
     data = load_data(data, config, spec, run.path)
-    run.write_data_report(data.report)
     log(data.summary())
     if not data.val:
         raise ConfigError("No validation photos: every class needs at least 2 photos (or give a val/ folder)")
