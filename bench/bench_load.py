@@ -182,6 +182,9 @@ def classify_load(url: str, run_id: str, expected: dict[str, list[tuple[str, flo
 # ---------------------------------------------------------------------------------------------
 
 
+RUNNING = ("PROCESSING", "ITERATING")
+
+
 @dataclass
 class JobTrace:
     """What one /train job's status looked like over time, as its client saw it."""
@@ -197,7 +200,8 @@ class JobTrace:
 
     @property
     def started(self) -> float | None:
-        return self.first("PROCESSING")
+        # /train streams its progress: a running job is PROCESSING, then ITERATING from its first update.
+        return next((t for t, code, _ in self.changes if code in RUNNING), None)
 
     @property
     def finished(self) -> float | None:
@@ -252,7 +256,7 @@ def two_trainings(url: str, zip_path: Path, configs: tuple[dict, dict], poll: fl
     result = TwoTrainings(traces, False, False, seconds)
     first, second = result.ordered()
     i_first = traces.index(first)
-    result.waited = any(codes[i_first] == "PROCESSING" and codes[1 - i_first] == "IN_QUEUE" for codes in both_seen)
+    result.waited = any(codes[i_first] in RUNNING and codes[1 - i_first] == "IN_QUEUE" for codes in both_seen)
     if first.finished is not None and second.started is not None:
         # The two sessions hear "finished" and "started" on separate streams, so allow half a second of
         # skew: overlapping trainings would show the second starting seconds before the first ended.

@@ -7,8 +7,10 @@ make_space() writes a standalone classify-only Gradio app for one model; push_sp
 
 Everything goes through huggingface_hub's own APIs (imported inside the functions, so importing this
 module costs nothing). Failures surface as HubError with a plain message. The token comes from the
-argument, else HF_TOKEN, else the cached login, and is never printed, logged, written to a file
-or put in a message. No gradio and no torch imports here (BACKBONES is read lazily for the card).
+argument, else this machine's login (HF_TOKEN, else the cached one) unless the caller says
+`use_login=False`, as an app shared with strangers does: its owner's login never acts for a
+visitor. A token is never printed, logged, written to a file or put in a message. No gradio and no
+torch imports here (BACKBONES is read lazily for the card).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ NO_TOKEN = (
     "No Hugging Face token: log in with `hf auth login`, set HF_TOKEN, "
     "or paste a token with write access (https://huggingface.co/settings/tokens)"
 )
+# Where this machine's login may not stand in (a shared app), only the caller's own token will do.
+NO_OWN_TOKEN = "No Hugging Face token: give your own token with write access (https://huggingface.co/settings/tokens)"
 
 
 class HubError(RuntimeError):
@@ -62,16 +66,18 @@ def push_run(
     private: bool = False,
     endpoint: str | None = None,
     commit_message: str | None = None,
+    use_login: bool = True,
 ) -> str:
     """Upload a run folder to the model repo `repo_id` in one commit; returns the repo URL.
 
     The repo is created when missing and updated otherwise; ONNX variants from an earlier push that
     this run lacks are deleted in the same commit. A private push into an existing public repo is
-    refused (create_repo keeps an existing repo's visibility).
+    refused (create_repo keeps an existing repo's visibility). Without `token`, this machine's login
+    is used unless `use_login` is False.
     """
     run = _check_run(run_dir)
     repo_id = check_repo_id(repo_id)
-    token = resolve_token(token)
+    token = resolve_token(token, use_login)
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
@@ -342,14 +348,20 @@ def parse_hub_ref(ref) -> str | None:
 
 
 def download_model(
-    repo_id: str, token: str | None = None, endpoint: str | None = None, revision: str | None = None
+    repo_id: str, token: str | None = None, endpoint: str | None = None, revision: str | None = None,
+    use_login: bool = True,
 ) -> Path:
-    """The local path of `repo_id`'s model.onnx, downloaded into (or found in) the Hugging Face cache."""
+    """The local path of `repo_id`'s model.onnx, downloaded into (or found in) the Hugging Face cache.
+
+    Without `use_login` (a visitor of a shared app) only public repos are reachable: the machine's
+    login would let a stranger read its owner's private models.
+    """
     repo_id = parse_hub_ref(repo_id) or check_repo_id(repo_id)
     from huggingface_hub import constants, hf_hub_download
 
     # No token is fine for a public repo; the cached login (or HF_TOKEN) is used when there is one.
-    token = token or _login_token()
+    # False, not None: huggingface_hub reads the cached login itself when given None.
+    token = token or (_login_token() if use_login else False)
     with _hub_errors("download", repo_id, endpoint or constants.ENDPOINT, token, revision=revision):
         # A pushed repo holds the run folder's files under their own names.
         return Path(hf_hub_download(repo_id, ONNX_VARIANTS["fp32"], revision=revision, token=token, endpoint=endpoint))
@@ -425,11 +437,15 @@ def push_space(
     token: str | None = None,
     private: bool = False,
     endpoint: str | None = None,
+    use_login: bool = True,
 ) -> str:
-    """Make the Space folder for the run and upload it to the Gradio Space `repo_id`; returns the Space URL."""
+    """Make the Space folder for the run and upload it to the Gradio Space `repo_id`; returns the Space URL.
+
+    Without `token`, this machine's login is used unless `use_login` is False.
+    """
     run = _check_run(run_dir)
     repo_id = check_repo_id(repo_id)
-    token = resolve_token(token)
+    token = resolve_token(token, use_login)
     from huggingface_hub import CommitOperationAdd, HfApi
 
     api = HfApi(endpoint=endpoint, token=token)
@@ -454,11 +470,11 @@ def push_space(
 # Tokens, names, run folders, errors
 
 
-def resolve_token(token: str | None = None) -> str:
-    """The token to push with: the argument, else HF_TOKEN, else the cached login; HubError if none."""
-    token = (token or "").strip() or _login_token()
+def resolve_token(token: str | None = None, use_login: bool = True) -> str:
+    """The token to push with: the argument, else (with `use_login`) HF_TOKEN or the cached login; HubError if none."""
+    token = (token or "").strip() or (_login_token() if use_login else None)
     if not token:
-        raise HubError(NO_TOKEN)
+        raise HubError(NO_TOKEN if use_login else NO_OWN_TOKEN)
     return token
 
 

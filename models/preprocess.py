@@ -6,7 +6,9 @@ This module imports no torch: the runtime preprocesses with PIL and numpy from t
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from dataclasses import asdict, dataclass
 from numbers import Integral, Real
 
@@ -24,6 +26,13 @@ _PIL_FILTERS = {
 # A model file states its own preprocessing; this bound keeps a hostile or broken one from making
 # the runtime resize every photo to gigapixels (100000 px on the short side is ~40 GB per photo).
 MAX_RESIZE = 4096
+
+# The resized photo's long side is kept to at most this many times `resize`: a 117-byte 1 x 8000 PNG would
+# otherwise become 256 x 2,048,000 pixels (2 GB), a 1 x 100000 one 18 GiB. Only the centre of a longer
+# strip is kept. Neither path looks further out: evaluation takes the centre crop, and training's
+# RandomResizedCrop (trainer.task: scale >= 0.35, ratio >= 3/4) cannot place a crop in a strip longer
+# than 3.8 : 1 and falls back to the same centre.
+MAX_ASPECT = 4
 
 
 def _short(value) -> str:
@@ -98,16 +107,40 @@ class PreprocessSpec:
         return (new_short, new_long) if width <= height else (new_long, new_short)
 
     def resize_image(self, image: Image.Image) -> Image.Image:
-        """Shorter side to `resize`; the step training caches once per image."""
-        size = self.resized_size(*image.size)
-        if size == image.size:
-            return image
-        return image.resize(size, _PIL_FILTERS[self.interpolation])
+        """Shorter side to `resize`, longer side at most MAX_ASPECT x `resize`; the step training caches once per image.
+
+        Work and memory follow this output, never the full resize of a long strip: only the window kept
+        is computed, on the full resize's grid and with Pillow's order of passes (horizontal first), so
+        its centre crop is torchvision's Resize then CenterCrop to within one grey level with bilinear or
+        bicubic (Pillow takes the window's bounds as floats; nearest may pick a neighbouring pixel).
+        Photos up to MAX_ASPECT : 1 are resized exactly as torchvision does.
+        """
+        width, height = image.size
+        size = self.resized_size(width, height)
+        limit = MAX_ASPECT * self.resize
+        resample = _PIL_FILTERS[self.interpolation]
+        if max(size) <= limit:
+            return image if size == image.size else image.resize(size, resample)
+        # The window: `limit` pixels along the long side, placed so that its centre crop is the full one's.
+        start = self._centre(max(size)) - self._centre(limit)
+        if width > height:  # long side across: Pillow's first pass computes only the window's columns
+            box = (start * width / size[0], 0, (start + limit) * width / size[0], height)
+            return image.resize((limit, height), resample, box=box).resize((limit, size[1]), resample)
+        scale = height / size[1]
+        top, bottom = start * scale, (start + limit) * scale
+        # The rows the window reads: bicubic, the widest filter, reaches 2 output pixels either side.
+        margin = 2 * max(scale, 1) + 1
+        first, last = max(0, math.floor(top - margin)), min(height, math.ceil(bottom + margin))
+        rows = image.crop((0, first, width, last)).resize((size[0], last - first), resample)
+        return rows.resize((size[0], limit), resample, box=(0, top - first, size[0], bottom - first))
+
+    def _centre(self, length: int) -> int:
+        """Offset of the centre crop along a side of `length` pixels, rounded as torchvision rounds it."""
+        return round((length - self.crop) / 2.0)
 
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
         """(left, top, right, bottom) of the centre crop, rounded as torchvision rounds it."""
-        top = int(round((height - self.crop) / 2.0))
-        left = int(round((width - self.crop) / 2.0))
+        left, top = self._centre(width), self._centre(height)
         return left, top, left + self.crop, top + self.crop
 
     def normalize(self, hwc_uint8: np.ndarray) -> np.ndarray:
@@ -139,24 +172,29 @@ class PreprocessSpec:
 # Larger photos are refused before decoding: a 40-megapixel phone photo passes, a decompression
 # bomb (a small file that declares gigapixels) does not.
 MAX_PIXELS = 64_000_000
+# Pillow's own guard, for every decoder in the process (Gradio's included): it raises only above twice
+# this value (between once and twice it merely warns), so twice this is exactly MAX_PIXELS.
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
 
 
 class UnreadableImage(ValueError):
-    """A file that cannot be used as a photo; the message says why, in words."""
+    """A file that cannot be used as a photo; the message says why, in words, and names no server path."""
 
 
 def load_rgb(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Open a photo as 8-bit RGB: first frame, EXIF orientation applied, transparency on white."""
+    """Open a photo (path or binary file) as 8-bit RGB: first frame, EXIF orientation applied, transparency on white."""
     from PIL import ImageOps, UnidentifiedImageError
 
     try:
         image = Image.open(source)
     except UnidentifiedImageError:
-        raise UnreadableImage("not an image (unrecognised format)") from None
-    except Image.DecompressionBombError as exc:
-        raise UnreadableImage(f"too large ({exc})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImage(f"cannot be opened ({exc})") from None
+        raise UnreadableImage(f"not an image ({'an empty file' if _is_empty(source) else 'unrecognised format'})") from None
+    except Image.DecompressionBombError:
+        raise UnreadableImage(f"too large (over {MAX_PIXELS:,} pixels)") from None
+    except OSError as exc:
+        raise UnreadableImage(f"cannot be opened ({exc.strerror or _shown_error(exc, source)})") from None
+    except (SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"cannot be opened ({_shown_error(exc, source)})") from None
     width, height = image.size
     if width * height > max_pixels:
         raise UnreadableImage(f"too large ({width} x {height} pixels, the limit is {max_pixels:,})")
@@ -169,8 +207,24 @@ def load_rgb(source, max_pixels: int = MAX_PIXELS) -> Image.Image:
         return to_rgb(image)
     except Image.DecompressionBombError:
         raise UnreadableImage(f"too large ({width} x {height} pixels)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise UnreadableImage(f"truncated or corrupt ({exc})") from None
+    except Exception as exc:  # noqa: BLE001
+        # Pillow's decoders raise assorted exception types on hostile bytes (OSError, SyntaxError,
+        # struct.error, IndexError...): each is this file's fault, not a bug here.
+        raise UnreadableImage(f"truncated or corrupt ({_shown_error(exc, source)})") from None
+
+
+def _is_empty(source) -> bool:
+    if isinstance(source, (str, os.PathLike)):
+        return os.path.getsize(source) == 0
+    return isinstance(source, io.BytesIO) and source.getbuffer().nbytes == 0
+
+
+def _shown_error(exc: Exception, source) -> str:
+    """A decoder's error as one short line, the photo named by its base name only."""
+    text = " ".join(str(exc).split())
+    if isinstance(source, (str, os.PathLike)):
+        text = text.replace(str(source), os.path.basename(source))
+    return text[:100] if text else type(exc).__name__
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

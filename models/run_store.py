@@ -21,6 +21,7 @@ from models.run_folder import RunFolder, RunFolderError
 
 DATA_DIR_ENV = "TRANSFER_STUDIO_DATA_DIR"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+UPLOADS = "uploads"
 
 
 def default_data_dir() -> Path:
@@ -51,11 +52,51 @@ class RunStore:
         path.mkdir(parents=True)
         return run_id, path
 
-    def upload_dir(self, visitor: str) -> Path:
-        """A fresh folder for photos being checked (the previous check's photos are replaced)."""
-        path = self.visitor_dir(visitor) / "uploads" / secrets.token_hex(4)
+    def upload_dir(self, visitor: str, replace: bool = True) -> Path:
+        """A fresh folder for photos being checked.
+
+        With `replace`, the visitor's earlier uploads are deleted, except those a run of theirs was
+        trained from (its report points into them: re-export and the mistakes gallery read them).
+        """
+        uploads = self.visitor_dir(visitor) / UPLOADS
+        if replace and uploads.is_dir():
+            used = {self._upload_of(run.path, uploads) for run in self.runs(visitor)}
+            for old in uploads.iterdir():
+                if old.name not in used:
+                    shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        path = uploads / secrets.token_hex(4)
         path.mkdir(parents=True)
         return path
+
+    @staticmethod
+    def _upload_of(run_dir: Path, uploads: Path) -> str | None:
+        try:
+            root = Path(RunFolder(run_dir).read_data_report()["root"])
+        except (RunFolderError, KeyError, TypeError):
+            return None
+        return root.relative_to(uploads).parts[0] if root.is_relative_to(uploads) and root != uploads else None
+
+    def delete_run(self, visitor: str, run_id: str) -> None:
+        """Delete one of this visitor's runs (another visitor's id is not found)."""
+        if not _ID.match(run_id or "") or run_id == UPLOADS:
+            raise ValueError(f"{run_id!r} is not a run id")
+        path = self.visitor_dir(visitor) / run_id
+        if not path.is_dir() or not RunFolder(path).has_config():
+            raise ValueError("That run is not one of yours (it may have been deleted or expired)")
+        shutil.rmtree(path)
+        path.with_name(f"{run_id}.zip").unlink(missing_ok=True)
+
+    def usage(self, visitor: str | None = None) -> int:
+        """Bytes on disk under one visitor's folder, or under the whole store."""
+        folder = self.visitor_dir(visitor) if visitor else self.root
+        total = 0
+        for dirpath, _, files in os.walk(folder):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:  # removed while counting
+                    pass
+        return total
 
     def runs(self, visitor: str) -> list[RunInfo]:
         """This visitor's finished runs, newest first."""

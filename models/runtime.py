@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +37,23 @@ CUDA_PROVIDER_OPTIONS = {
 }
 
 
+# A photo classifier is a feed-forward graph. What one never holds is refused before ONNX Runtime sees the
+# file: operators that carry subgraphs (Loop, If, Scan...) run for as long as their author likes (a
+# 707-byte Loop of 20M steps held a CPU for 22 s), weights in other files would be read from wherever the
+# file says, and sizes far beyond a ResNet-152 (240 MB, ~500 nodes in fp32, ~1,500 in INT8) only cost memory.
+MAX_MODEL_BYTES = 1024 * 1024 * 1024
+MAX_NODES = 20_000
+
+
 class ModelLoadError(ValueError):
     """A model that cannot be served; the message says which file and what is wrong with it."""
 
 
-def resolve_model(ref: str | os.PathLike) -> Path:
+def resolve_model(ref: str | os.PathLike, hub_login: bool = True) -> Path:
     """The .onnx file a model reference names: an .onnx path, or a run folder (its model.onnx).
 
-    An existing path always wins; `hf://user/name` downloads the repo's model.onnx (cached by huggingface_hub).
+    An existing path always wins; `hf://user/name` downloads the repo's model.onnx (cached by
+    huggingface_hub), with this machine's Hub login only when `hub_login`.
     """
     path = Path(ref)
     if path.is_dir():
@@ -59,7 +69,7 @@ def resolve_model(ref: str | os.PathLike) -> Path:
         from models.hub import HubError, download_model
 
         try:
-            return download_model(str(ref))
+            return download_model(str(ref), use_login=hub_login)
         except HubError as exc:
             raise ModelLoadError(str(exc)) from None
     raise ModelLoadError(f"No model at {ref}: expected an .onnx file or a run folder")
@@ -117,6 +127,12 @@ def _ort_message(exc: Exception) -> str:
     return re.sub(r"\S+\.(?:cc|h):\d+ \S+\(.*?\) ", "", text)
 
 
+def _shown(text: str, limit: int = 40) -> str:
+    """Text from a file, printable and short, quoted."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return repr(text if len(text) <= limit else text[: limit - 3] + "...")
+
+
 def _excerpt(exc: BaseException, limit: int = 120) -> str:
     """An exception as a short, printable line: its type and the start of its text."""
     text = "".join(ch if ch.isprintable() else " " for ch in " ".join(str(exc).split()))
@@ -144,17 +160,23 @@ class OnnxClassifier:
         providers: str = "auto",
         intra_op_threads: int | None = None,
         use_io_binding: bool | None = None,
+        name: str | None = None,
+        warmup_limit_s: float | None = None,
     ):
+        """`name`: how messages call the file (default: its path as given; a server names it by base name).
+        `warmup_limit_s`: refuse a model whose first photo takes longer (None: no limit, for one's own models)."""
         import onnxruntime as ort
 
-        self.name = "the model bytes" if isinstance(model, bytes) else str(model)
+        self.name = name or ("the model bytes" if isinstance(model, bytes) else str(model))
         if not isinstance(model, bytes):
             path = Path(model)
             if path.is_dir():
-                raise ModelLoadError(f"{path} is a folder; pass its .onnx file (resolve_model finds it)")
+                raise ModelLoadError(f"{self.name} is a folder; pass its .onnx file (resolve_model finds it)")
             if not path.is_file():
-                raise ModelLoadError(f"Model file {path} does not exist")
+                raise ModelLoadError(f"Model file {self.name} does not exist")
+            # A path, not its bytes: a session made from bytes keeps ~1 model size more memory for its life.
             model = str(path)
+        self._check_graph(model)
 
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -172,10 +194,37 @@ class OnnxClassifier:
             raise ModelLoadError("CUDA was requested but ONNX Runtime could not start its CUDA provider")
         self.labels, self.spec, self.config = self._read_metadata()
         self._check_signature()
-        self._check_runs()
+        self._check_runs(warmup_limit_s)
         self.use_io_binding = self.provider == "CUDAExecutionProvider" if use_io_binding is None else use_io_binding
         self._device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._device_id = CUDA_PROVIDER_OPTIONS["device_id"] if self._device == "cuda" else 0
+
+    def _too_big(self, size: int) -> str:
+        return f"{self.name} is {size / 2**20:,.0f} MB; models over {MAX_MODEL_BYTES / 2**20:,.0f} MB are refused"
+
+    def _check_graph(self, model: str | bytes) -> None:
+        """Refuse, before ONNX Runtime loads it, what no photo classifier holds (see MAX_MODEL_BYTES)."""
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        size = len(model) if isinstance(model, bytes) else os.path.getsize(model)
+        if size > MAX_MODEL_BYTES:
+            raise ModelLoadError(self._too_big(size))
+        try:
+            proto = onnx.load_model_from_string(model) if isinstance(model, bytes) else onnx.load(model, load_external_data=False)
+        except (DecodeError, RuntimeError, ValueError):
+            raise ModelLoadError(f"{self.name} is not an ONNX model, or it is truncated") from None
+        nodes = [node for function in proto.functions for node in function.node]
+        nodes += proto.graph.node
+        if len(nodes) > MAX_NODES:
+            raise ModelLoadError(f"{self.name} has {len(nodes):,} operators; models over {MAX_NODES:,} are refused")
+        for node in nodes:
+            if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+                raise ModelLoadError(
+                    f"{self.name} uses {_shown(node.op_type)}, a control-flow operator; a photo classifier needs none"
+                )
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            raise ModelLoadError(f"{self.name} keeps its weights in other files; export the model as one file")
 
     def _read_metadata(self) -> tuple[list[str], PreprocessSpec, dict]:
         try:
@@ -237,20 +286,32 @@ class OnnxClassifier:
         if isinstance(classes, int) and classes != len(self.labels):
             raise ModelLoadError(f"{self.name} outputs {classes} classes but its metadata lists {len(self.labels)} labels")
 
-    def _check_runs(self) -> None:
+    def _check_runs(self, limit_s: float | None) -> None:
         """One inference on a blank photo: a damaged graph can load and still fail in every run.
 
         It doubles as the warm-up, so the first request does not pay for ORT's lazy initialisation.
+        With `limit_s`, ORT is told to stop the run after that many seconds and the model is refused.
         """
         import onnxruntime as ort
 
         quiet = ort.RunOptions()
         quiet.log_severity_level = 4  # the failure becomes this ModelLoadError, not an error log as well
         blank = np.zeros((1, 3, self.spec.crop, self.spec.crop), dtype=np.float32)
+        timer = threading.Timer(limit_s, setattr, (quiet, "terminate", True)) if limit_s else None
+        if timer:
+            timer.daemon = True
+            timer.start()
         try:
             logits = self.session.run([LOGITS_NAME], {INPUT_NAME: blank}, quiet)[0]
         except Exception as exc:  # noqa: BLE001 -- ORT raises Fail, RuntimeException... for a graph that cannot run
+            if quiet.terminate:
+                raise ModelLoadError(
+                    f"{self.name} takes longer than {limit_s:g} s to classify one photo; this server refuses it"
+                ) from None
             raise ModelLoadError(f"{self.name} loads but fails to run: {_ort_message(exc)}") from None
+        finally:
+            if timer:
+                timer.cancel()
         if logits.shape != (1, len(self.labels)):  # the class count can be symbolic in the signature
             raise ModelLoadError(
                 f"{self.name} outputs logits of shape {list(logits.shape)} for one photo but its metadata lists "

@@ -2,42 +2,80 @@
 
 A reference is a run id from the store, "imagenet" (torchvision's ResNet-18, exported once on first
 use), `hf://user/name`, or, for a person on their own machine, an .onnx path or a run folder.
+Loaded classifiers are kept for the most recently used files only (TRANSFER_STUDIO_MAX_MODELS), and
+a model whose first photo takes too long is refused (TRANSFER_STUDIO_MODEL_WARMUP_SECONDS).
+Messages name a model file by its base name, never by its path on the server.
 No torch here: only the one-time ImageNet export imports it.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 import time
+from collections import OrderedDict
+from concurrent.futures import Future
 from pathlib import Path
 
+from models.job_slot import SlotAbandoned, job_slot
+from models.run_folder import RunFolder
 from models.run_store import RunStore
 from models.runtime import ModelLoadError, OnnxClassifier, resolve_model
 
 IMAGENET = "imagenet"  # the reference of the default ImageNet classifier
 IMAGENET_ARCH = "resnet18"
 
+# A loaded ResNet-18 costs about 50 MB of memory, a ResNet-50 about 200 MB: 8 of them fit a 16 GB Space.
+MAX_MODELS_ENV, DEFAULT_MAX_MODELS = "TRANSFER_STUDIO_MAX_MODELS", 8
+# A ResNet-50 classifies its first photo in well under a second on two CPU cores, lazy set-up included.
+WARMUP_ENV, DEFAULT_WARMUP_S = "TRANSFER_STUDIO_MODEL_WARMUP_SECONDS", 10.0
+
+
+def _positive_from_env(name: str, default, kind):
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < math.inf:
+        raise ValueError(f"{name}={raw!r} must be a positive number")
+    return value
+
 
 class ModelServer:
-    """Resolves model references against a run store and keeps one OnnxClassifier per model file."""
+    """Resolves model references against a run store and keeps the classifiers of recently used model files."""
 
-    def __init__(self, store: RunStore):
+    def __init__(self, store: RunStore, max_models: int | None = None, warmup_limit_s: float | None = None):
         self.store = store
-        self._classifiers: dict[tuple[str, float], OnnxClassifier] = {}
-        self._lock = threading.Lock()
+        self.max_models = max_models or _positive_from_env(MAX_MODELS_ENV, DEFAULT_MAX_MODELS, int)
+        self.warmup_limit_s = warmup_limit_s or _positive_from_env(WARMUP_ENV, DEFAULT_WARMUP_S, float)
+        # (path, mtime, size) -> the classifier, being loaded or loaded; least recently used first.
+        self._models: OrderedDict[tuple[str, int, int], Future] = OrderedDict()
+        self._lock = threading.Lock()  # guards _models only: never held while a model loads or runs
 
     def imagenet_model(self) -> Path:
         """The torchvision ImageNet ResNet-18 exported once to ONNX, so classifying works before any training."""
         path = self.store.root / f"imagenet-{IMAGENET_ARCH}.onnx"
-        with self._lock:
-            if not path.is_file():
-                from models.backbones import create_imagenet_classifier, preprocessing_for
-                from models.export import export_onnx
+        if path.is_file():
+            return path
+        try:
+            # An export beside a training crashes one of them. The app exports this model at start, so
+            # this waits only where that failed (offline), and then not behind a whole training.
+            with job_slot(should_stop=lambda: True):
+                if not path.is_file():
+                    from models.backbones import create_imagenet_classifier, preprocessing_for
+                    from models.export import export_onnx
 
-                model, labels = create_imagenet_classifier(IMAGENET_ARCH)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                export_onnx(model, labels, preprocessing_for(IMAGENET_ARCH), {"source": "torchvision ImageNet weights"},
-                            path)
+                    model, labels = create_imagenet_classifier(IMAGENET_ARCH)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    export_onnx(model, labels, preprocessing_for(IMAGENET_ARCH),
+                                {"source": "torchvision ImageNet weights"}, path)
+        except SlotAbandoned:
+            raise ModelLoadError("The ImageNet model is being prepared while a training runs on this server; "
+                                 "try again when it has finished") from None
         return path
 
     def model_path(self, ref: str, local_paths: bool) -> Path:
@@ -48,24 +86,52 @@ class ModelServer:
         if ref == IMAGENET:
             return self.imagenet_model()
         if ref.startswith("hf://"):
-            return resolve_model(ref)
+            return resolve_model(ref, hub_login=local_paths)  # a visitor from elsewhere reads public repos only
         try:
             run = self.store.find(ref)
         except ValueError:  # not a run id of this store
             run = None
         if run is not None:
-            return resolve_model(run)
+            model = RunFolder(run).onnx()
+            if not model.is_file():
+                raise ModelLoadError(f"Run {ref} has no exported model yet ({model.name})")
+            return model
         if not local_paths:
             raise ModelLoadError(f"Unknown model {ref!r}: give a run id from this app, or hf://user/name")
         return resolve_model(ref)
 
     def classifier(self, path: Path) -> OnnxClassifier:
-        """One shared session per model file (ONNX Runtime sessions are thread-safe); reloaded when the file changes."""
-        key = (str(path), path.stat().st_mtime)
+        """One shared session per model file (ONNX Runtime sessions are thread-safe); reloaded when the file changes.
+
+        A file is loaded outside the server's lock: a model slow to load delays only callers of that same file.
+        """
+        try:
+            stat = path.stat()
+        except OSError:
+            raise ModelLoadError(f"{path.name} is gone; upload it again") from None
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
         with self._lock:
-            if key not in self._classifiers:
-                self._classifiers[key] = OnnxClassifier(path)
-            return self._classifiers[key]
+            future = self._models.get(key)
+            loading = future is None
+            if loading:
+                future = self._models[key] = Future()
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)  # callers still using it keep it until they finish
+            else:
+                self._models.move_to_end(key)
+        if not loading:
+            return future.result()  # waits while another caller loads this file
+        try:
+            model = OnnxClassifier(path, name=path.name, warmup_limit_s=self.warmup_limit_s)
+        except BaseException as exc:
+            # Not kept: the next caller tries again (a failure can pass, e.g. GPU memory in use by a training).
+            with self._lock:
+                if self._models.get(key) is future:
+                    del self._models[key]
+            future.set_exception(exc)
+            raise
+        future.set_result(model)
+        return model
 
     def classify_files(self, paths: list[str], ref: str, top_k: int, local_paths: bool) -> tuple[list[dict], str, float]:
         """(per-photo results in order, provider, latency in ms) for photos on disk."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import stat
 import tempfile
 import zipfile
@@ -55,6 +57,25 @@ def zip_folder(folder: Path, archive: Path) -> Path:
             if path.is_file():
                 zf.write(path, path.relative_to(folder).as_posix())
     return archive
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served_app(concurrency: int | None = None):
+    """The app (app.demo) launched on a free loopback port, as a visitor reaches it; yields its URL."""
+    import app
+
+    app.demo.queue(**({"default_concurrency_limit": concurrency} if concurrency else {}))
+    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield url
+    finally:
+        app.demo.close()
 
 
 def tiny_config(**overrides) -> TrainConfig:

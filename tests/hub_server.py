@@ -13,21 +13,35 @@ transfer (tests set HF_HUB_DISABLE_XET: the Xet protocol is only exercised again
     POST /api/{models|spaces}/{repo}/commit/{rev}            NDJSON: header, file, lfsFile, deletedFile
     GET|HEAD [/spaces]/{repo}/resolve/{rev}/{path}           ETag, X-Repo-Commit, X-Linked-* headers
 
+and the Hub's side of a Space's "Sign in with Hugging Face" (OAuth 2 / OpenID Connect, authorization code):
+
+    GET  /.well-known/openid-configuration                   where the endpoints below are
+    GET  /oauth/authorize                                    the signed-in user (their bearer token stands in
+                                                             for the Hub's browser cookie) approves: 302 to
+                                                             redirect_uri with a code
+    POST /oauth/token                                        code -> a new access token for that user and an
+                                                             RS256-signed id_token
+    GET  /oauth/jwks                                         the key that signs id_tokens
+
 Users: a token maps to (user, role); "write" tokens may write under their own namespace only,
 "read" tokens never write (403), unknown tokens get 401. Repos live in memory (FakeHub.repos) and
 every request is logged whole (method, path, headers, body) so tests can inspect what arrived.
+Access tokens issued by a sign-in are added to the users (FakeHub.signed_in lists them).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import re
+import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
 import yaml
 
@@ -80,6 +94,8 @@ class FakeHub:
         self.lfs_objects: dict[str, bytes] = {}  # sha256 -> bytes, once PUT
         self.pending: dict[str, int] = {}  # sha256 -> size announced in a batch request
         self.requests: list[Request] = []
+        self.codes: dict[str, dict] = {}  # authorization code -> the sign-in it stands for
+        self.signed_in: list[str] = []  # access tokens issued by sign-ins, oldest first
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.server.daemon_threads = True
@@ -87,7 +103,7 @@ class FakeHub:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FakeHub":
+    def __enter__(self) -> FakeHub:
         self.thread.start()
         return self
 
@@ -132,7 +148,7 @@ class FakeHub:
 
     # -- endpoints ------------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, headers, body: bytes) -> tuple[int, dict, bytes]:
+    def handle(self, method: str, path: str, headers, body: bytes, query: str = "") -> tuple[int, dict, bytes]:
         routes = [
             ("GET", r"/api/whoami-v2", self.whoami),
             ("POST", r"/api/validate-yaml", self.validate_yaml),
@@ -143,13 +159,17 @@ class FakeHub:
             ("POST", rf"/(?P<kind>spaces/)?{REPO}\.git/info/lfs/objects/batch", self.lfs_batch),
             ("PUT", r"/lfs-upload/(?P<oid>[0-9a-f]{64})", self.lfs_put),
             ("GET|HEAD", rf"/(?P<kind>spaces/)?{REPO}/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self.resolve),
+            ("GET", r"/\.well-known/openid-configuration", self.openid_configuration),
+            ("GET", r"/oauth/authorize", self.oauth_authorize),
+            ("POST", r"/oauth/token", self.oauth_token),
+            ("GET", r"/oauth/jwks", self.oauth_jwks),
         ]
         for methods, pattern, endpoint in routes:
             match = re.fullmatch(pattern, path)
             if match and method in methods.split("|"):
                 args = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
                 with self.lock:
-                    return endpoint(headers=headers, body=body, method=method, **args)
+                    return endpoint(headers=headers, body=body, method=method, query=query, **args)
         raise HubError(404, f"No route for {method} {path}")
 
     def whoami(self, headers, **_):
@@ -162,7 +182,7 @@ class FakeHub:
 
     def validate_yaml(self, body, **_):
         content = json.loads(body)["content"]
-        match = re.match(r"^---\n(.*?)\n---\n", content, re.S)
+        match = re.match(r"^---\n(.*?)\n---\n", content, re.DOTALL)
         try:
             meta = yaml.safe_load(match.group(1)) if match else {}
         except yaml.YAMLError as exc:
@@ -269,6 +289,58 @@ class FakeHub:
             out.update({"X-Linked-Etag": f'"{etag}"', "X-Linked-Size": str(len(data))})
         return 200, out, data
 
+    # -- sign-in (OAuth) ------------------------------------------------------------------------
+
+    def openid_configuration(self, **_):
+        # What a Space's OPENID_PROVIDER_URL serves; authlib reads it before the first redirect.
+        return _json({"issuer": self.url, "authorization_endpoint": f"{self.url}/oauth/authorize",
+                      "token_endpoint": f"{self.url}/oauth/token", "jwks_uri": f"{self.url}/oauth/jwks",
+                      "response_types_supported": ["code"], "id_token_signing_alg_values_supported": ["RS256"],
+                      "scopes_supported": ["openid", "profile", "write-repos", "manage-repos"]})
+
+    def oauth_authorize(self, headers, query, **_):
+        who = self.user(headers)
+        if who is None:
+            raise HubError(401, "Sign in to the Hub first")
+        params = {k: v[0] for k, v in parse_qs(query).items()}
+        code = secrets.token_hex(16)
+        self.codes[code] = {"user": who[0], "client_id": params["client_id"], "nonce": params.get("nonce"),
+                            "scope": params.get("scope", "")}
+        redirect = params["redirect_uri"]
+        location = f"{redirect}{'&' if '?' in redirect else '?'}{urlencode({'code': code, 'state': params['state']})}"
+        return 302, {"Location": location}, b""
+
+    def oauth_token(self, body, **_):
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        grant = self.codes.pop(form.get("code", ""), None)
+        if form.get("grant_type") != "authorization_code" or grant is None:
+            return _json({"error": "invalid_grant"}, 400)
+        access = "hf_oauth_" + secrets.token_hex(16)
+        self.tokens[access] = (grant["user"], "write")  # the scopes asked for: write-repos, manage-repos
+        self.signed_in.append(access)
+        now = int(time.time())
+        claims = {"iss": self.url, "sub": f"user-{grant['user']}", "aud": grant["client_id"], "iat": now,
+                  "exp": now + 3600, "name": grant["user"], "preferred_username": grant["user"],
+                  "profile": f"{self.url}/{grant['user']}", "picture": f"{self.url}/avatars/{grant['user']}.png"}
+        if grant["nonce"]:
+            claims["nonce"] = grant["nonce"]
+        from joserfc import jwt  # authlib's JOSE library: it comes with gradio[oauth]
+
+        id_token = jwt.encode({"alg": "RS256", "kid": self._signing_key.kid}, claims, self._signing_key)
+        return _json({"access_token": access, "token_type": "bearer", "expires_in": 3600, "scope": grant["scope"],
+                      "id_token": id_token})
+
+    def oauth_jwks(self, **_):
+        from joserfc.jwk import KeySet
+
+        return _json(KeySet([self._signing_key]).as_dict(private=False))
+
+    @functools.cached_property
+    def _signing_key(self):
+        from joserfc.jwk import RSAKey
+
+        return RSAKey.generate_key(2048, parameters={"kid": "fake-hub", "use": "sig", "alg": "RS256"})
+
 
 def _check_revision(rev: str) -> None:
     if rev != "main":
@@ -291,7 +363,7 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         hub.requests.append(Request(self.command, self.path, list(self.headers.items()), body))
         try:
-            status, headers, payload = hub.handle(self.command, path, self.headers, body)
+            status, headers, payload = hub.handle(self.command, path, self.headers, body, urlsplit(self.path).query)
         except HubError as exc:
             status, headers, payload = _json({"error": exc.message}, exc.status)
             headers["X-Error-Message"] = exc.message
@@ -300,7 +372,7 @@ class _Handler(BaseHTTPRequestHandler):
             repo = next((r for (_, rid), r in hub.repos.items() if f"/{rid}/" in path), None)
             if repo is not None:
                 headers["X-Repo-Commit"] = repo.sha
-        except Exception as exc:  # a bug here: answer 400 at once (a 5xx would make the client retry for ~20 s)
+        except Exception as exc:  # noqa: BLE001 - a bug here: answer 400 at once (a 5xx would make the client retry for ~20 s)
             status, headers, payload = _json({"error": f"FakeHub could not handle the request: {exc!r}"}, 400)
         self.send_response(status)
         for key, value in headers.items():

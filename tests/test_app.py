@@ -1,40 +1,31 @@
 """The Gradio app: its tabs' handlers (ui/), and its API endpoints through gradio_client on a launched app."""
 
 import json
-import socket
 import threading
 import time
 import zipfile
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from gradio_client import Client
 
 import app
+from conftest import served_app
 from models.run_store import RunStore
 from models.serving import ModelServer
-from trainer.config import ScheduleConfig, TrainConfig
-from trainer.schedules import ValLossShape
+from trainer.config import ConfigError, ScheduleConfig, TrainConfig
+from trainer.schedules import ScheduleError, ValLossShape, lr_curve
 from ui import classify, finetune, schedules, session
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def client():
-    app.demo.queue()
-    _, url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    try:
+    with served_app() as url:
         yield Client(url, verbose=False)
-    finally:
-        app.demo.close()
 
 
 def test_app_has_the_three_tabs():
@@ -54,16 +45,56 @@ def test_form_values_become_a_schedule_config_with_blank_fields_left_to_defaults
 
 def test_render_overlays_compared_schedules_and_shows_code_and_val_loss():
     config = ScheduleConfig("ReduceLROnPlateau", 0.1, 12, 2, {"patience": 1})
-    compare = [{"label": "step", "lr": [0.1] * 24}]
-    frame, val_loss, code, message, lrs = schedules.render_schedule(config, ValLossShape(plateau_epoch=4), compare, False)
-    assert set(frame["schedule"]) == {"step", "current: ReduceLROnPlateau(patience=1)"}
-    assert len(frame) == 48 and len(val_loss) == 12 and len(lrs) == 24
-    assert "ReduceLROnPlateau(optimizer" in code and "24 optimizer steps" in message
+    step = {"label": "step", "colour": schedules.COLOURS[0], "steps": [0, 23], "lr": [0.1, 0.1], "steps_per_epoch": 2,
+            "epochs": 12, "warmup_epochs": 0, "per_batch": False}
+    figure, val_figure, code, message, current, params = schedules.render_schedule(
+        config, ValLossShape(plateau_epoch=4), [step], False)
+    assert [t.name for t in figure.data] == ["step", "current: ReduceLROnPlateau(patience=1)"]
+    assert [t.line.color for t in figure.data] == list(schedules.COLOURS[:2])  # the compared curve keeps its colour
+    assert current["colour"] == schedules.COLOURS[1] and current["steps"][-1] == 23
+    assert len(val_figure.data[0].y) == 12 and val_figure.data[1].x  # the loss, and where the LR was cut
+    assert "ReduceLROnPlateau(optimizer" in code and "24 optimizer steps" in message and params["patience"] == 1
 
 
-def test_log_scale_plots_log10_of_the_lr():
-    frame = schedules.curve_frame([("a", [1.0, 0.01])], log_scale=True)
-    assert frame["lr"].tolist() == [0.0, -2.0]
+def test_log_scale_is_a_log_axis_over_the_true_learning_rates():
+    figure = schedules.render_schedule(ScheduleConfig("ExponentialLR", 0.1, 5, 1, {"gamma": 0.1}), ValLossShape(), [],
+                                       True)[0]
+    assert figure.layout.yaxis.type == "log" and figure.layout.yaxis.title.text == "learning rate (log scale)"
+    assert list(figure.data[0].y) == pytest.approx([0.1, 0.01, 0.001, 1e-4, 1e-5])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [ScheduleConfig("StepLR", 0.1, 100, 1000, {"step_size": 1}, 5, "batch"),  # a 5,000-step ramp, then a staircase
+     ScheduleConfig("CyclicLR", 0.1, 100, 1000, {"step_size_up": 7}),  # a change at every step
+     ScheduleConfig("ExponentialLR", 0.1, 100, 1000, {"gamma": 0.9}, 0, "batch")],  # 100,000 steps down
+    ids=["warm-up-then-staircase", "cyclic", "smooth-decay"],
+)
+def test_long_curves_are_drawn_from_a_few_thousand_points_keeping_changes_and_extremes(config):
+    lrs = lr_curve(config).lr
+    steps, values = schedules.thin_curve(lrs)
+    assert len(steps) <= schedules.MAX_POINTS and steps[0] == 0 and steps[-1] == len(lrs) - 1
+    assert values.tolist() == [lrs[s] for s in steps]  # each drawn point is the LR at its step
+    assert min(values) == min(lrs) and max(values) == max(lrs)
+    # Drawn as a step line, each stretch with few changes is exact: here, the staircase after the warm-up.
+    drawn = np.repeat(values[:-1], np.diff(steps)).tolist() + [values[-1]]
+    if config.warmup_epochs:
+        assert drawn[6000:] == lrs[6000:]
+
+
+def test_blank_or_fractional_fields_say_which_field_and_why():
+    for epochs, message in [(None, "epochs is blank: give a whole number"), (2.5, "epochs must be a whole number, got 2.5")]:
+        with pytest.raises(ConfigError, match=message):
+            schedules.schedule_from_fields("StepLR", 0.1, epochs, 10, 0, "epoch", {})
+    with pytest.raises(ScheduleError, match="plateaus from epoch is blank: give a whole number"):
+        schedules.loss_shape(2.0, 0.6, None, 0.0, 0)
+
+
+def test_the_step_per_choice_says_what_a_step_is_for_the_scheduler():
+    assert "Either way, counted in epochs: milestones." in schedules.step_per_help("MultiStepLR", 10.0)
+    assert "the LR holds for the epoch's 10 batches" in schedules.step_per_help("MultiStepLR", 10.0)
+    assert "applied per epoch: gamma" in schedules.step_per_help("ExponentialLR", 10)
+    assert "counted in batches: total_steps (10 batches per epoch)" in schedules.step_per_help("OneCycleLR", 10)
 
 
 def test_lr_curve_endpoint_through_gradio_client(client):
@@ -80,6 +111,32 @@ def test_lr_curve_endpoint_through_gradio_client(client):
         optimizer.step()
         scheduler.step()
     assert result["lr"] == expected
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"scheduler": "StepLR", "lr": 10**400}, "lr must be a number, got 1000000"),
+        ({"scheduler": "StepLR", "params": {"step_size": 10**1000}},
+         "StepLR: step_size must be a finite number no larger than about 1.8e308"),
+        ({"scheduler": "MultiStepLR", "params": {"milestones": list(range(1, 100_001))}},
+         "MultiStepLR: milestones can have at most 1,000 values, got 100,000"),
+        ({"scheduler": "LambdaLR", "epochs": 1000, "steps_per_epoch": 1000, "step_per": "batch",
+          "params": {"lr_lambda": "+".join(["sin(epoch)**2"] * 30)}},
+         "LambdaLR: lr_lambda has 179 parts to evaluate at 1,000,001 steps"),
+        ({"scheduler": "ExponentialLR", "epochs": 5, "params": {"gamma": 1e300}},
+         "ExponentialLR: the learning rate becomes inf at step 2 (epoch 3)"),
+        ({"scheduler": "ReduceLROnPlateau", "epochs": 3, "val_loss": "abc"},
+         "val_loss must be a list of numbers, one per epoch, got 'abc'"),
+    ],
+    ids=["lr-10e400", "step_size-10e1000", "100k-milestones", "heavy-formula-1M-steps", "gamma-1e300", "val_loss-text"],
+)
+def test_lr_curve_endpoint_bounds_the_work_and_answers_overflows_with_a_message(client, config, message):
+    started = time.perf_counter()
+    with pytest.raises(Exception) as info:
+        client.predict(config, api_name="/lr_curve")
+    assert message in str(info.value)
+    assert time.perf_counter() - started < 10  # refused up front: no minutes of work, no gigabytes
 
 
 def test_lr_curve_endpoint_answers_bad_parameters_with_their_message(client):
@@ -155,7 +212,9 @@ def test_server_folders_are_refused_when_the_request_is_not_local(tmp_path):
 def test_lr_finder_handler_suggests_an_lr_for_the_form(tmp_path):
     state, _, _ = finetune.check_photos(request("finder"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
                                    *NO_CLASSES)
-    frame, text, suggested, _ = finetune.find_lr(request("finder"), state, *form(strategy="linear-probe"))
+    outputs = list(finetune.find_lr(request("finder"), state, *form(strategy="linear-probe")))
+    assert any(str(text).startswith("_Sweeping: step") for _, text, _, _ in outputs)  # progress while it sweeps
+    frame, text, suggested, _ = outputs[-1]
     assert len(frame) > 10 and suggested > 0 and "valley" in text
 
 

@@ -6,13 +6,11 @@ a missing browser fails instead. Each journey saves a screenshot under test-outp
 
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
-import app
-from conftest import ASSETS, write_photos, zip_folder
+from conftest import ASSETS, served_app, write_photos, zip_folder
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "browser"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,21 +36,10 @@ if _missing():
     pytest.skip(_missing(), allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def url():
-    app.demo.queue(default_concurrency_limit=4)
-    _, local_url, _ = app.demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True,
-                                      quiet=True)
-    try:
+    with served_app(concurrency=4) as local_url:
         yield local_url
-    finally:
-        app.demo.close()
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +124,96 @@ def test_schedules_journey_compare_two_schedulers_and_see_a_bad_parameter(page):
     wait_for_text(page, "#sched-code", "step_size=5")
     field.fill("-3")
     field.press("Enter")
-    wait_for_text(page, "#sched-message", "step_size must be at least 1, got -3")
+    wait_for_text(page, "#sched-message", "StepLR: step_size must be at least 1, got -3")
     assert "Traceback" not in page.content()
+
+
+# The chart's traces as plotly drew them: name, colour, and the length of the SVG path of its line.
+DRAWN = """() => {
+    const chart = document.querySelector('#sched-plot .js-plotly-plot');
+    if (!chart || !chart.data) return [];
+    const lines = [...chart.querySelectorAll('.scatterlayer .trace')].map(t => t.querySelector('path.js-line'));
+    return chart.data.map((trace, i) => ({name: trace.name, colour: trace.line.color, dash: trace.line.dash || '',
+                                          path: ((lines[i] && lines[i].getAttribute('d')) || '').length,
+                                          points: trace.x.length, yaxis: chart.layout.yaxis.type}));
+}"""
+
+
+def drawn_series(page, *names: str) -> list[dict]:
+    """Wait until the chart shows exactly these curves (each name's start), each with a visible line; return them."""
+    page.wait_for_function(
+        f"""names => {{
+            const drawn = ({DRAWN})().filter(t => t.name && !t.name.startsWith('epoch boundary'));
+            return drawn.length === names.length && names.every((n, i) => drawn[i].name.startsWith(n) && drawn[i].path > 10);
+        }}""",
+        arg=list(names),
+    )
+    return [t for t in page.evaluate(DRAWN) if not t["name"].startswith("epoch boundary")]
+
+
+def set_field(page, elem_id: str, value) -> None:
+    field = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
+    field.fill(str(value))
+    field.press("Tab")
+
+
+def test_schedule_chart_redraws_every_change_and_keeps_comparison_colours(page):
+    drawn_series(page, "current: CosineAnnealingLR(T_max=30)")
+    set_field(page, "param-CosineAnnealingLR-eta_min", 0.01)
+    drawn_series(page, "current: CosineAnnealingLR(T_max=30, eta_min=0.01)")
+    pick(page, "#sched-scheduler", "StepLR")
+    drawn_series(page, "current: StepLR(step_size=10)")
+    set_field(page, "param-StepLR-step_size", 5)
+    drawn_series(page, "current: StepLR(step_size=5)")
+    page.locator("#sched-add").click()
+    step, current = drawn_series(page, "StepLR(step_size=5)", "current: StepLR(step_size=5)")
+    assert step["colour"] != current["colour"]
+    pick(page, "#sched-scheduler", "MultiStepLR")
+    drawn_series(page, "StepLR(step_size=5)", "current: MultiStepLR(milestones=[15, 22])")  # derived, shown
+    assert page.locator("#param-MultiStepLR-milestones textarea").get_attribute("placeholder").startswith("[15, 22]")
+    set_field(page, "param-MultiStepLR-milestones", "10, 20")
+    drawn_series(page, "StepLR(step_size=5)", "current: MultiStepLR(milestones=[10, 20])")
+    wait_for_text(page, "#sched-message", "LR from 0.1 to 0.001 ")
+    set_field(page, "sched-warmup", 2)
+    drawn_series(page, "StepLR(step_size=5)", "current: MultiStepLR(milestones=[10, 20]) + 2 warm-up")
+    choose(page, "sched-step-per", "batch")
+    kept, _ = drawn_series(page, "StepLR(step_size=5)", "current: MultiStepLR(milestones=[10, 20]) per batch + 2 warm-up")
+    assert kept["colour"] == step["colour"]  # a compared curve keeps its colour through every redraw
+    assert "counted in epochs: milestones" in text_of(page, "#sched-step-per")
+    wait_for_text(page, "#sched-message", "stepping per batch. LR from 0.01 to 0.001 ")  # the same schedule, smooth
+    pick(page, "#sched-scheduler", "LambdaLR")
+    set_field(page, "param-LambdaLR-lr_lambda", "lambda epoch: 0.9 ** epoch")
+    drawn_series(page, "StepLR(step_size=5)", "current: LambdaLR(lr_lambda=0.9 ** epoch) per batch + 2 warm-up")
+    set_field(page, "param-LambdaLR-lr_lambda", "0.9 ** epoch +")
+    wait_for_text(page, "#sched-message", "Cannot draw")
+    assert text_of(page, "#sched-message") == (
+        "Cannot draw this schedule: LambdaLR: lr_lambda: could not parse the formula: invalid syntax")
+    stale = drawn_series(page, "StepLR(step_size=5)", "last drawn: LambdaLR(lr_lambda=0.9 ** epoch)")[1]
+    assert stale["dash"] == "dash"
+    page.locator("#sched-log input").check()
+    page.wait_for_function("() => document.querySelector('#sched-plot .js-plotly-plot').layout.yaxis.type === 'log'")
+    drawn_series(page, "StepLR(step_size=5)", "last drawn: LambdaLR(lr_lambda=0.9 ** epoch)")
+    assert "Traceback" not in page.content()
+
+
+def test_plateau_default_reduces_the_lr_and_marks_where(page):
+    drawn_series(page, "current: CosineAnnealingLR")
+    pick(page, "#sched-scheduler", "ReduceLROnPlateau")
+    drawn_series(page, "current: ReduceLROnPlateau()")
+    wait_for_text(page, "#sched-message", "LR from 0.1 to 0.001 ")  # two reductions with torch's defaults
+    reduced = page.evaluate("() => document.querySelector('#sched-val-plot .js-plotly-plot').data[1].x")
+    assert reduced == [17, 28]
+
+
+def test_a_long_per_batch_curve_draws_quickly_from_a_few_thousand_points(page):
+    drawn_series(page, "current: CosineAnnealingLR")
+    set_field(page, "sched-epochs", 100)
+    set_field(page, "sched-steps", 1000)
+    choose(page, "sched-step-per", "batch")
+    (curve,) = drawn_series(page, "current: CosineAnnealingLR(T_max=100) per batch")
+    assert curve["points"] <= 4000
+    wait_for_text(page, "#sched-message", "100,000 optimizer steps")
+    wait_for_text(page, "#sched-message", "Drawn from")
 
 
 def test_finetune_journey_upload_check_train_and_see_results(page, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from conftest import symlink_entry
+from models.preprocess import MAX_ASPECT, PreprocessSpec
 from trainer import data as data_module
 from trainer.data import (
     DataError,
@@ -416,6 +417,17 @@ def test_without_prepare_images_are_still_validated_and_not_kept(tmp_path):
     ds = open_dataset(tmp_path)
     assert "b/fake.jpg" in skipped_reasons(ds)
     assert all(r.prepared is None for r in ds.train + ds.val)
+
+
+def test_a_1_by_8000_photo_is_cached_at_most_4_to_1_after_the_training_resize(tmp_path):
+    # Resized whole, this 117-byte PNG became 256 x 2,048,000 pixels (2 GB) in the training cache.
+    spec = PreprocessSpec()
+    make_classes(tmp_path, {"a": 2, "b": 2})
+    Image.new("RGB", (1, 8000), (200, 30, 30)).save(tmp_path / "a" / "strip.png", optimize=True)
+    ds = open_dataset(tmp_path, prepare=lambda image: np.asarray(spec.resize_image(image)))  # as trainer.task caches
+    prepared = {r.rel: r.prepared for r in ds.train + ds.val}
+    assert prepared["a/strip.png"].shape == (MAX_ASPECT * 256, 256, 3)
+    assert prepared["a/a_00.png"].shape == (256, 256, 3)
 
 
 # ---------------------------------------------------------------------------------------------

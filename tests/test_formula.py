@@ -13,7 +13,13 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from trainer.formula import ALLOWED_FUNCTIONS, MAX_LENGTH, Formula, FormulaError, parse_formula
+from trainer.formula import (
+    ALLOWED_FUNCTIONS,
+    MAX_LENGTH,
+    Formula,
+    FormulaError,
+    parse_formula,
+)
 
 EPOCHS = [0, 1, 2, 3, 5, 10, 37, 100]
 
@@ -233,6 +239,29 @@ def test_non_finite_result_is_refused(text, shown):
 def test_non_number_epoch_is_a_type_error():
     with pytest.raises(TypeError):
         Formula("epoch")("3")
+
+
+def test_lambda_as_the_tutorials_write_it_is_its_body():
+    formula = Formula("lambda epoch: 0.95 ** epoch")
+    assert [formula(n) for n in EPOCHS] == [0.95**n for n in EPOCHS]
+    assert formula.python_source() == "0.95 ** epoch" and formula.text == "lambda epoch: 0.95 ** epoch"
+
+
+@pytest.mark.parametrize("text", ["lambda e: 0.95 ** e", "lambda: 0.95", "lambda epoch, step: 1", "lambda epoch=1: epoch"])
+def test_another_lambda_is_refused_saying_exactly_what_to_type(text):
+    with pytest.raises(FormulaError) as caught:
+        Formula(text)
+    assert str(caught.value) == (
+        "a lambda here takes one argument named epoch, as in `lambda epoch: 0.95 ** epoch`; "
+        "or type only the expression, `0.95 ** epoch`"
+    )
+
+
+def test_fractional_epoch_is_named_without_exponent_notation():
+    with pytest.raises(FormulaError, match=r"division by zero at epoch 2.5$"):
+        Formula("1 / (epoch - 2.5)")(2.5)
+    with pytest.raises(FormulaError, match=r"division by zero at epoch 1000000$"):
+        Formula("1 / (epoch - 1000000)")(1_000_000)
 
 
 def test_float_epoch_is_accepted():

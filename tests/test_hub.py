@@ -17,10 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from huggingface_hub import ModelCard, SpaceCard, constants
-
 from conftest import write_photos
 from hub_server import FakeHub
+from huggingface_hub import ModelCard, SpaceCard, constants
+
 from models import hub
 from models.hub import HubError
 from models.runtime import OnnxClassifier
@@ -177,14 +177,14 @@ def test_model_card_cites_the_imagenet_base_model_and_test_results(run_dir, tmp_
 
 def test_usage_snippet_in_the_card_runs_as_written(pushed, fake_hub, run_dir, photos, tmp_path):
     text = fake_hub.repo(REPO).files["README.md"].decode()
-    snippet = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    snippet = re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
     photo = next(p for p in photos if p.parent.name == "red")
     shutil.copy(photo, tmp_path / "photo.jpg")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
     env.update(HF_ENDPOINT=fake_hub.url, HF_HOME=str(tmp_path / "fresh_home"), HF_HUB_DISABLE_XET="1")
 
     done = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
 
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
@@ -282,6 +282,19 @@ def test_no_token_is_refused_before_any_request(run_dir, fake_hub):
     assert len(fake_hub.requests) == before
 
 
+def test_without_the_machines_login_only_the_callers_own_token_is_used(run_dir, fake_hub, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", ALICE)  # this machine is logged in, as a shared server's owner would be
+    before = len(fake_hub.requests)
+    with pytest.raises(HubError, match=r"No Hugging Face token: give your own token") as refused:
+        hub.push_run(run_dir, "alice/not-as-the-server", endpoint=fake_hub.url, use_login=False)
+    with pytest.raises(HubError, match=r"No Hugging Face token: give your own token"):
+        hub.push_space(run_dir, "alice/not-as-the-server", token="  ", endpoint=fake_hub.url, use_login=False)
+    assert len(fake_hub.requests) == before and "alice" not in str(refused.value)
+
+    with pytest.raises(HubError, match=r"'bob' cannot push there"):  # the caller's own token, never Alice's
+        hub.push_run(run_dir, "alice/as-bob", token=BOB, endpoint=fake_hub.url, use_login=False)
+
+
 def test_bad_token_is_401(run_dir, fake_hub):
     with pytest.raises(HubError, match=r"rejected the token \(401 Unauthorized\)") as failure:
         hub.push_run(run_dir, "alice/x", token=UNKNOWN, endpoint=fake_hub.url)
@@ -355,7 +368,7 @@ def test_hf_references_load_through_the_predict_cli(pushed, fake_hub, run_dir, p
     # huggingface_hub reads HF_ENDPOINT at import, so a fresh process is pointed at the fake Hub.
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HOME": str(tmp_path / "cli_home"), "HF_HUB_DISABLE_XET": "1"}
     done = subprocess.run([sys.executable, "-m", "models", "predict", f"hf://{REPO}", str(photos[0]), "--json"],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     local = OnnxClassifier(run_dir / "model.onnx", providers="cpu").predict([photos[0]], top_k=1)[0][0][0]
     assert json.loads(done.stdout)[0]["predictions"][0]["label"] == local
@@ -388,7 +401,7 @@ def test_make_space_writes_an_app_that_runs_standalone(run_dir, photos, tmp_path
     assert card.data.app_file == "app.py" and card.data.title == "Colour demo"
     assert {"emoji", "colorFrom", "colorTo", "license"} <= set(card.data.to_dict())
     source = (dest / "app.py").read_text()
-    assert not re.search(r"^\s*(from|import)\s+(models|trainer|app)\b", source, re.M)
+    assert not re.search(r"^\s*(from|import)\s+(models|trainer|app)\b", source, re.MULTILINE)
 
     # Import it as the Space would (module level builds `demo`, launching only under __main__), then classify.
     probe = f"""
@@ -405,7 +418,7 @@ print(json.dumps({{"ours": ours, "blocks": isinstance(app.demo, gr.Blocks), "tit
 """
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=180)
+                          timeout=180, check=False)
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["ours"] == [] and out["blocks"] and out["title"] == "Colour demo" and out["none"] == {}
@@ -434,12 +447,13 @@ def test_push_cli_prints_the_link_and_never_the_token(run_dir, fake_hub, tmp_pat
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HOME": str(tmp_path / "cli_home"), "HF_HUB_DISABLE_XET": "1",
            "HF_TOKEN": ALICE}
     done = subprocess.run([sys.executable, "-m", "models", "push", str(run_dir), "alice/from-cli", "--private"],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "alice/from-cli" in done.stdout and ALICE not in done.stdout + done.stderr
     assert "model.onnx" in fake_hub.repo("alice/from-cli").files and fake_hub.repo("alice/from-cli").private
     bad = subprocess.run([sys.executable, "-m", "models", "push", str(run_dir), "alice/x"], capture_output=True,
-                         text=True, env={**env, "HF_TOKEN": "hf_not_a_real_token_000000"}, timeout=120)
+                         text=True, env={**env, "HF_TOKEN": "hf_not_a_real_token_000000"}, timeout=120,
+                         check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and "hf_not_a_real" not in bad.stderr
 
 

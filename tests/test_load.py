@@ -100,7 +100,7 @@ def test_a_training_that_fails_unexpectedly_answers_with_an_error_instead_of_wai
     def call():
         request = SimpleNamespace(session_hash="fails", client=SimpleNamespace(host="127.0.0.1"))
         try:
-            outcome["result"] = finetune.train_api(str(archive), bench_load.tiny_config(seed=0), request)
+            outcome["result"] = list(finetune.train_api(str(archive), bench_load.tiny_config(seed=0), request=request))
         except Exception as exc:  # noqa: BLE001 -- what it raised is the point
             outcome["error"] = exc
 

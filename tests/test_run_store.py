@@ -62,3 +62,32 @@ def test_the_download_zip_holds_the_run_but_not_the_extracted_photos(tmp_path):
     (run / "data" / "cats" / "1.jpg").write_bytes(b"jpeg")
     names = zipfile.ZipFile(store.zip_run(run)).namelist()
     assert sorted(names) == [f"{run_id}/config.json", f"{run_id}/metrics.json"]
+
+
+def test_a_new_upload_replaces_earlier_ones_except_those_a_run_was_trained_from(tmp_path):
+    store = RunStore(tmp_path)
+    used = store.upload_dir("alice")
+    (used / "data").mkdir()
+    run_id = finished_run(store, "alice")
+    (store.find(run_id) / "data_report.json").write_text(json.dumps({"root": str(used / "data")}))
+    unused = store.upload_dir("alice")
+    (unused / "photo.jpg").write_bytes(b"x" * 100)
+    latest = store.upload_dir("alice")
+    assert sorted(p.name for p in latest.parent.iterdir()) == sorted([used.name, latest.name])
+    kept = store.upload_dir("alice", replace=False)  # while a job of theirs may still read one
+    assert {used.name, latest.name, kept.name} <= {p.name for p in kept.parent.iterdir()}
+
+
+def test_usage_counts_a_visitor_or_the_whole_store_and_delete_frees_it(tmp_path):
+    store = RunStore(tmp_path)
+    run_id = finished_run(store, "alice")
+    (store.find(run_id) / "model.onnx").write_bytes(b"x" * 10_000)
+    finished_run(store, "bob")
+    assert 10_000 < store.usage("alice") < store.usage()
+    with pytest.raises(ValueError, match="not one of yours"):
+        store.delete_run("bob", run_id)
+    store.delete_run("alice", run_id)
+    assert store.usage("alice") == 0 and store.runs("alice") == []
+    for bad in ("uploads", "../bob", ""):
+        with pytest.raises(ValueError):
+            store.delete_run("alice", bad)

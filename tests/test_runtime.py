@@ -3,16 +3,18 @@
 import json
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from models.preprocess import PreprocessSpec, load_rgb
+from models import runtime
+from models.preprocess import MAX_ASPECT, MAX_PIXELS, PreprocessSpec, UnreadableImage, load_rgb
 from models.runtime import ModelLoadError, OnnxClassifier, cuda_status, resolve_model, softmax
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,3 +332,200 @@ def test_an_existing_path_wins_over_a_hub_reference(tmp_path, model_path, monkey
     monkeypatch.chdir(tmp_path)
     assert resolve_model("hf://someone/model.onnx") == Path("hf://someone/model.onnx")
     assert OnnxClassifier(resolve_model("hf://someone"), providers="cpu").labels == LABELS
+
+
+# ---------------------------------------------------------------------------------------------
+# Long strips: the work follows the output, not the full resize
+
+
+@pytest.mark.parametrize("spec_name", ["resnet18-64", "bicubic"])
+@pytest.mark.parametrize("size", [(9, 400), (400, 9), (1, 300), (3, 1001), (1001, 3), (82, 3664)])
+def test_a_long_strip_is_resized_only_around_its_centre_and_matches_torchvision_within_a_grey_level(size, spec_name):
+    spec = SPECS[spec_name]
+    image = photo(*size)
+    resized = spec.resize_image(image)
+    assert min(resized.size) == spec.resize and max(resized.size) == MAX_ASPECT * spec.resize
+    ours = spec.to_array(image)
+    reference = spec.torch_eval_transform()(image).numpy()
+    one_grey_level = 1 / 255 / min(spec.std)
+    assert np.abs(ours - reference).max() <= one_grey_level + 1e-5
+
+
+def test_a_photo_up_to_the_aspect_limit_is_resized_whole():
+    spec = SPECS["resnet18-64"]
+    image = photo(50, 50 * MAX_ASPECT)
+    assert spec.resize_image(image).size == spec.resized_size(*image.size) == (spec.resize, spec.resize * MAX_ASPECT)
+
+
+def test_a_117_byte_1_by_8000_png_costs_milliseconds(tmp_path):
+    # Resized whole, this strip became 256 x 2,048,000 pixels: 5 s and 2 GB for one photo.
+    classifier = OnnxClassifier(classifier_model(tmp_path / "imagenet-sized.onnx", crop=224, resize=256), providers="cpu")
+    path = tmp_path / "strip.png"
+    Image.new("RGB", (1, 8000), (200, 30, 30)).save(path, optimize=True)
+    assert path.stat().st_size < 200
+    started = time.perf_counter()
+    (result,) = classifier.predict_files([path])
+    assert "predictions" in result and time.perf_counter() - started < 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Photos that cannot be used: reasons in words, no server path
+
+
+def photo_file(kind: str, folder: Path) -> Path:
+    path = folder / f"{kind}.png"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("not a photo")
+    elif kind == "truncated":
+        photo(64, 64).save(path)
+        path.write_bytes(path.read_bytes()[:300])
+    elif kind == "bomb":  # an RGBA PNG declaring 12000 x 12000 pixels; Pillow refuses it before decoding a byte
+        photo(12, 12).convert("RGBA").save(path)
+        data = bytearray(path.read_bytes())
+        data[16:24] = (12000).to_bytes(4, "big") * 2
+        data[29:33] = __import__("zlib").crc32(bytes(data[12:29])).to_bytes(4, "big")
+        path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, reason",
+    [("empty", "not an image (an empty file)"), ("text", "not an image (unrecognised format)"),
+     ("truncated", "truncated or corrupt"), ("bomb", f"too large (over {MAX_PIXELS:,} pixels)")],
+)
+def test_an_unusable_photo_is_refused_with_its_reason_and_no_server_path(tmp_path, kind, reason):
+    with pytest.raises(UnreadableImage) as refused:
+        load_rgb(photo_file(kind, tmp_path))
+    assert str(refused.value).startswith(reason) and str(tmp_path) not in str(refused.value)
+
+
+def test_pillow_refuses_what_is_over_the_apps_pixel_limit_when_it_opens_a_file():
+    # Pillow raises only above twice MAX_IMAGE_PIXELS (once to twice: a warning); Gradio decodes with it too.
+    assert 2 * Image.MAX_IMAGE_PIXELS == MAX_PIXELS
+
+
+def test_a_16_bit_grey_photo_is_scaled_not_clipped(tmp_path):
+    path = tmp_path / "grey16.png"
+    Image.fromarray(np.full((20, 30), 40_000, dtype=np.uint16)).save(path)
+    assert load_rgb(path).getpixel((0, 0)) == (155, 155, 155)  # 40000 / 257
+
+
+# ---------------------------------------------------------------------------------------------
+# Models no photo classifier needs: refused before ONNX Runtime runs them
+
+
+def classifier_model(path: Path, extra_nodes=(), initializers=(), functions=(), opsets=(), crop=CROP, resize=73) -> Path:
+    """A classifier with our metadata: logits = the input's channel means, plus what `extra_nodes` make of "extra"."""
+    nodes = [helper.make_node("GlobalAveragePool", ["input"], ["pooled"]), helper.make_node("Flatten", ["pooled"], ["flat"])]
+    if extra_nodes:
+        nodes += [*extra_nodes, helper.make_node("Add", ["flat", "extra"], ["logits"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["flat"], ["logits"]))
+    graph = helper.make_graph(
+        nodes, "classifier", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, crop, crop])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], list(initializers),
+    )
+    model = helper.make_model(graph, functions=list(functions), ir_version=10,
+                              opset_imports=[helper.make_opsetid("", 17), *opsets])
+    spec = PreprocessSpec(resize=resize, crop=crop)
+    for key, value in {"labels": json.dumps(LABELS), "preprocessing": json.dumps(spec.to_dict()), "config": "{}"}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def scalar(name: str, value: float) -> onnx.TensorProto:
+    return helper.make_tensor(name, TensorProto.FLOAT, [], [value])
+
+
+def counting_loop(output: str, iterations: int) -> onnx.NodeProto:
+    """A Loop adding 1 to a number `iterations` times: a few hundred bytes that can keep a CPU busy for minutes."""
+    body = helper.make_graph(
+        [helper.make_node("Add", ["total_in", "one"], ["total_out"]), helper.make_node("Identity", ["go_in"], ["go_out"])],
+        "count",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("go_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("total_in", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("go_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("total_out", TensorProto.FLOAT, [])],
+        [scalar("one", 1.0)],
+    )
+    trips = helper.make_node("Constant", [], [f"{output}_trips"], value=helper.make_tensor("t", TensorProto.INT64, [], [iterations]))
+    go = helper.make_node("Constant", [], [f"{output}_go"], value=helper.make_tensor("g", TensorProto.BOOL, [], [True]))
+    zero = helper.make_node("Constant", [], [f"{output}_zero"], value=scalar("z", 0.0))
+    loop = helper.make_node("Loop", [f"{output}_trips", f"{output}_go", f"{output}_zero"], [output], body=body)
+    return [trips, go, zero, loop]
+
+
+def loop_model(path: Path, iterations: int = 20_000_000, **spec) -> Path:
+    return classifier_model(path, counting_loop("extra", iterations), **spec)
+
+
+def if_model(path: Path) -> Path:
+    branch = helper.make_graph([helper.make_node("Constant", [], ["v"], value=scalar("c", 0.0))], "branch", [],
+                               [helper.make_tensor_value_info("v", TensorProto.FLOAT, [])])
+    cond = helper.make_node("Constant", [], ["cond"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True]))
+    return classifier_model(path, [cond, helper.make_node("If", ["cond"], ["extra"], then_branch=branch, else_branch=branch)])
+
+
+def loop_in_a_function_model(path: Path) -> Path:
+    function = helper.make_function("hostile", "count", [], ["out"], counting_loop("out", 20_000_000), [helper.make_opsetid("", 17)])
+    return classifier_model(path, [helper.make_node("count", [], ["extra"], domain="hostile")], functions=[function],
+                            opsets=[helper.make_opsetid("hostile", 1)])
+
+
+def slow_model(path: Path, convs: int = 400, channels: int = 256, crop: int = 128) -> Path:
+    """Only ordinary operators, one shared weight: 2.4 MB that take half a minute for one photo on two cores."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(0, 0.05, shape).astype(np.float32), name) for name, shape in
+               [("w_in", (channels, 3, 3, 3)), ("w", (channels, channels, 3, 3)), ("w_out", (3, channels, 1, 1))]]
+    nodes = [helper.make_node("Conv", ["input", "w_in"], ["x0"], pads=[1, 1, 1, 1])]
+    nodes += [helper.make_node("Conv", [f"x{i}", "w"], [f"x{i + 1}"], pads=[1, 1, 1, 1]) for i in range(convs)]
+    nodes += [helper.make_node("Conv", [f"x{convs}", "w_out"], ["y"]), helper.make_node("ReduceMean", ["y"], ["m"], axes=[2, 3], keepdims=0),
+              helper.make_node("Mul", ["m", "zero"], ["extra"])]
+    return classifier_model(path, nodes, [*weights, scalar("zero", 0.0)], crop=crop, resize=crop)
+
+
+@pytest.mark.parametrize("build, operator", [(loop_model, "Loop"), (if_model, "If"), (loop_in_a_function_model, "Loop")])
+def test_a_model_with_a_control_flow_operator_is_refused_before_it_runs(tmp_path, build, operator):
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=f"hostile.onnx uses '{operator}', a control-flow operator"):
+        OnnxClassifier(build(tmp_path / "hostile.onnx"), providers="cpu")
+    assert time.perf_counter() - started < 2
+
+
+def test_a_model_with_weights_in_another_file_is_refused(tmp_path):
+    path = classifier_model(tmp_path / "split.onnx", [helper.make_node("Mul", ["flat", "w"], ["extra"])],
+                            [numpy_helper.from_array(np.ones(3, np.float32), "w")])
+    model = onnx.load(str(path))
+    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin",
+              size_threshold=0)
+    with pytest.raises(ModelLoadError, match="split.onnx keeps its weights in other files"):
+        OnnxClassifier(path, providers="cpu")
+
+
+def test_models_over_the_size_and_operator_limits_are_refused(tmp_path, monkeypatch):
+    path = classifier_model(tmp_path / "big.onnx")
+    monkeypatch.setattr(runtime, "MAX_NODES", 2)
+    with pytest.raises(ModelLoadError, match="big.onnx has 3 operators; models over 2 are refused"):
+        OnnxClassifier(path, providers="cpu")
+    monkeypatch.setattr(runtime, "MAX_MODEL_BYTES", 100)
+    for model in (path, path.read_bytes()):
+        with pytest.raises(ModelLoadError, match=r"MB; models over 0 MB are refused"):
+            OnnxClassifier(model, providers="cpu")
+
+
+def test_a_model_slower_than_the_warm_up_limit_is_refused_in_about_that_time(tmp_path):
+    path = slow_model(tmp_path / "slow.onnx")
+    started = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="slow.onnx takes longer than 0.3 s to classify one photo"):
+        OnnxClassifier(path, providers="cpu", warmup_limit_s=0.3)
+    assert time.perf_counter() - started < 5  # unbounded, its first photo takes half a minute on two cores
+
+
+def test_messages_name_the_model_as_the_caller_says(tmp_path, model_path):
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(model_path.read_bytes()[:5000])
+    with pytest.raises(ModelLoadError, match=r"^cut.onnx is not an ONNX model, or it is truncated$"):
+        OnnxClassifier(cut, providers="cpu", name="cut.onnx")

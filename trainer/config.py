@@ -77,8 +77,12 @@ def _scheduler_names() -> tuple[str, ...]:
 class ScheduleConfig:
     """A learning-rate schedule: which torch scheduler, its parameters, and how it is stepped.
 
-    Step-counting parameters (step_size, milestones, T_max, T_0, total_iters) count scheduler
-    steps: epochs when `step_per="epoch"`, batches when `step_per="batch"`.
+    Parameters that count time (step_size, milestones, T_max, T_0, total_iters) count epochs after
+    the warm-up, and ExponentialLR's gamma and MultiplicativeLR's factor apply per epoch, whichever
+    way the scheduler steps: `step_per="batch"` draws the same schedule smoothed over the batches
+    (trainer.schedules.resolve converts). OneCycleLR and CyclicLR always step per batch and count
+    batches. Run folders written before this rule read the same fields; their history.json keeps
+    the LR each one actually used.
     """
 
     scheduler: str = option("CosineAnnealingLR", label="LR scheduler", choices=_scheduler_names, group="schedule",
@@ -90,12 +94,13 @@ class ScheduleConfig:
                                   help="optimizer steps per epoch (training derives it from the photos)")
     params: dict[str, Any] = option(default_factory=dict, label="Scheduler parameters", group="schedule",
                                     flag="param",
-                                    help="scheduler parameter, JSON when possible: milestones=[3,6] gamma=0.5 "
-                                         "lr_lambda='0.95 ** epoch'")
+                                    help="scheduler parameter, JSON when possible, counting epochs: "
+                                         "milestones=[3,6] gamma=0.5 lr_lambda='0.95 ** epoch'")
     warmup_epochs: int = option(0, label="Warm-up epochs", low=0, group="schedule",
                                 help="linear warm-up epochs in front of the scheduler")
     step_per: str = option("epoch", label="Step per", choices=STEP_PER, group="schedule",
-                           help="step the scheduler after every epoch or every batch")
+                           help="step the scheduler after every epoch, or after every batch for the same "
+                                "schedule made smooth (its parameters still count epochs)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +142,8 @@ class TrainConfig:
     seed: int = option(0, label="Seed", group="data", help="seeds the split, the head's initialisation and the batches")
     patience: int = option(0, label="Early-stopping patience", low=0, group="data",
                            help="stop after this many epochs without a better val accuracy; 0 = off")
+    max_minutes: float = option(0.0, label="Time limit (minutes)", low=0.0, group="data",
+                                help="stop training after this many minutes, keeping the best model; 0 = no limit")
     device: str = option("auto", label="Device", choices=DEVICES, help="where to train: auto picks CUDA when there is a GPU")
 
     @property

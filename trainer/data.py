@@ -438,9 +438,6 @@ def _decode(path: Path, prepare: Callable | None, max_pixels: int) -> tuple[str 
         image = load_rgb(io.BytesIO(data), max_pixels=max_pixels)
     except UnreadableImage as exc:
         return None, None, str(exc)
-    except Image.DecompressionBombError:
-        # PIL refuses gigapixel headers inside Image.open, before load_rgb's own size check runs.
-        return None, None, "too large (a decompression bomb: it declares far more pixels than any photo)"
     except Exception as exc:  # noqa: BLE001
         # PIL's format plugins raise assorted exception types on hostile bytes; one bad upload
         # must cost its own file, never the whole intake.
@@ -583,6 +580,8 @@ def open_dataset(
         digests[cand.rel] = digest
         splits[cand.split].append(ImageRecord(root / cand.rel, index[cand.label], cand.rel, prepared))
 
+    if not source.is_dir():  # what a zip held besides usable photos is listed in the report, not kept on disk
+        _keep_only(dest.resolve(), {r.path for records in splits.values() for r in records})
     if not digests:
         raise DataError(f"None of the {len(scan.candidates)} image files could be read; see the skipped list for why")
     empty = [name for name in labels if not any(r.label == index[name] for r in splits["train"])]
@@ -628,6 +627,16 @@ def open_dataset(
     if workdir is not None:
         write_report(report, Path(workdir) / DATA_REPORT)
     return Dataset(root, labels, splits["train"], splits["val"], splits["test"], report)
+
+
+def _keep_only(folder: Path, keep: set[Path]) -> None:
+    for dirpath, _, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = Path(dirpath, name)
+            if path not in keep:
+                path.unlink()
+        if dirpath != str(folder) and not os.listdir(dirpath):
+            os.rmdir(dirpath)
 
 
 def assemble_class_folders(classes: dict[str, list], dest) -> Path:

@@ -3,7 +3,8 @@
 This module owns the small formula language used for the `lr_lambda` of LambdaLR and
 MultiplicativeLR: what it allows, how a formula is checked, how it is evaluated, and how it is
 written back as Python for code snippets. User text is parsed with `ast` and run by a tree of
-closures built here; it is never passed to `eval`, `exec` or `compile`.
+closures built here; it is never passed to `eval`, `exec` or `compile`. The tutorials' form
+`lambda epoch: 0.95 ** epoch` is accepted and means its body, `0.95 ** epoch`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import numbers
 import operator
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 MAX_LENGTH = 500
 MAX_NODES = 200
@@ -179,11 +180,12 @@ def _problem(node: ast.AST, text: str) -> str | None:
     return f"`{_source(node, text)}`" if hasattr(node, "col_offset") else f"`{kind.__name__}`"
 
 
-def _check(tree: ast.Expression, text: str) -> None:
+def _check(tree: ast.Expression, text: str) -> int:
     """Refuse trees that are too big or too deep, or that use anything outside the language.
 
-    Iterative, so a hostile tree cannot exhaust the stack here; the depth limit then keeps the
-    recursive compiler and the closures it builds shallow.
+    Returns the number of parts (expression nodes): what one evaluation costs. Iterative, so a
+    hostile tree cannot exhaust the stack here; the depth limit then keeps the recursive compiler
+    and the closures it builds shallow.
     """
     problems: list[tuple[tuple[int, int, int, int], str]] = []
     count = 0
@@ -206,9 +208,25 @@ def _check(tree: ast.Expression, text: str) -> None:
         # Reading order, so the message lists problems the way the user wrote them.
         described = list(dict.fromkeys(problem for _, problem in sorted(problems)))
         raise _not_allowed(described[:3] + (["more"] if len(described) > 3 else []))
+    return count
 
 
-def _as_float(number: int | float) -> float | None:
+def _lambda_body(tree: ast.Expression) -> ast.Expression:
+    """`lambda epoch: 0.95 ** epoch`, as tutorials write an lr_lambda, is the formula `0.95 ** epoch`."""
+    node = tree.body
+    if not isinstance(node, ast.Lambda):
+        return tree
+    args = node.args
+    plain = not (args.posonlyargs or args.kwonlyargs or args.vararg or args.kwarg or args.defaults)
+    if not (plain and [a.arg for a in args.args] == ["epoch"]):
+        raise FormulaError(
+            "a lambda here takes one argument named epoch, as in `lambda epoch: 0.95 ** epoch`; "
+            "or type only the expression, `0.95 ** epoch`"
+        )
+    return ast.Expression(body=node.body)
+
+
+def _as_float(number: float) -> float | None:
     """`number` as a finite float, or None when it is too large for one."""
     try:
         value = float(number)
@@ -325,12 +343,17 @@ def _parse(text: str) -> ast.Expression:
         raise FormulaError("could not parse the formula: it is too complex or malformed") from None
 
 
+def epoch_text(epoch: float) -> str:
+    """An epoch for a message: `5`, or `2.5` for a batch inside an epoch (no exponent notation)."""
+    return str(int(epoch)) if float(epoch).is_integer() else f"{epoch:.6f}".rstrip("0")
+
+
 class Formula:
     """A checked formula in `epoch`, compiled once and then called once per scheduler step."""
 
     # torch's LambdaLR.state_dict() saves `lr_lambda.__dict__` of callable objects, so it must
     # exist and hold nothing unpicklable: the compiled closures live in slots instead.
-    __slots__ = ("text", "_tree", "_function", "__dict__")
+    __slots__ = ("__dict__", "_function", "_tree", "size", "text")
 
     def __init__(self, text: str) -> None:
         if not isinstance(text, str):
@@ -341,26 +364,30 @@ class Formula:
         if len(text) > MAX_LENGTH:
             raise FormulaError(f"the formula is too long: at most {MAX_LENGTH} characters")
         self.text = text
-        self._tree = _parse(text)
-        _check(self._tree, text)
+        self._tree = _lambda_body(_parse(text))
+        self.size = _check(self._tree, text)  # parts evaluated per call
         self._function = _compile(self._tree.body)
 
-    def __call__(self, epoch: int | float) -> float:
+    def __call__(self, epoch: float) -> float:
         if not isinstance(epoch, numbers.Real):
             raise TypeError(f"epoch must be a number, not {type(epoch).__name__}")
         try:
-            value = self._function(float(epoch))
-        except ZeroDivisionError:
-            raise FormulaError(f"division by zero at epoch {epoch}") from None
+            epoch = float(epoch)  # fractional when a per-batch scheduler asks for the epoch of a batch
         except OverflowError:
-            raise FormulaError(f"a number grew too large at epoch {epoch}") from None
+            raise FormulaError("the epoch is too large for a floating-point number") from None
+        try:
+            value = self._function(epoch)
+        except ZeroDivisionError:
+            raise FormulaError(f"division by zero at epoch {epoch_text(epoch)}") from None
+        except OverflowError:
+            raise FormulaError(f"a number grew too large at epoch {epoch_text(epoch)}") from None
         except ValueError:
             raise FormulaError(
-                f"math domain error at epoch {epoch} (for example the log or square root of a "
+                f"math domain error at epoch {epoch_text(epoch)} (for example the log or square root of a "
                 "negative number, or a negative number raised to a fractional power)"
             ) from None
         if not math.isfinite(value):
-            raise FormulaError(f"the formula gives {value} at epoch {epoch}, not a finite number")
+            raise FormulaError(f"the formula gives {value} at epoch {epoch_text(epoch)}, not a finite number")
         return value
 
     def python_source(self) -> str:

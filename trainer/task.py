@@ -120,18 +120,26 @@ class Task:
     backbone: list[nn.Parameter]
 
 
-def _features(backbone: nn.Module, loader: DataLoader, device: torch.device, autocast: Autocast) -> tuple:
+class Cancelled(Exception):
+    """Stopped before training began (while features were being computed): there is nothing to keep."""
+
+
+def _features(backbone: nn.Module, loader: DataLoader, device: torch.device, autocast: Autocast,
+              should_stop: Callable[[], bool]) -> tuple:
     backbone.eval()
     feats, labels = [], []
     with torch.inference_mode(), autocast():
         for x, y in loader:
+            if should_stop():
+                raise Cancelled("Cancelled before the first epoch; nothing was kept")
             feats.append(backbone(to_device(x, device)).float().cpu())
             labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 
 
 def build_task(model: nn.Module, data: Dataset, config: TrainConfig, spec: PreprocessSpec,
-               device: torch.device, autocast: Autocast, log: Callable[[str], None]) -> Task:
+               device: torch.device, autocast: Autocast, log: Callable[[str], None],
+               should_stop: Callable[[], bool] = lambda: False) -> Task:
     splits = {"val": data.val, "test": data.test}
     backbone_params = [p for name, p in model.named_parameters() if not name.startswith("fc.")]
     if config.strategy == "linear-probe":
@@ -142,7 +150,7 @@ def build_task(model: nn.Module, data: Dataset, config: TrainConfig, spec: Prepr
             if records:
                 log(f"computing {split} features once ({len(records)} photos)")
                 loader = _loader(CachedImages(records, spec), config.batch_size, False, config.seed, device)
-                cached[split] = TensorDataset(*_features(model, loader, device, autocast))
+                cached[split] = TensorDataset(*_features(model, loader, device, autocast, should_stop))
         model.fc = head
         gen_loader = lambda ds, shuffle: DataLoader(  # noqa: E731
             ds, batch_size=config.batch_size, shuffle=shuffle, generator=torch.Generator().manual_seed(config.seed)

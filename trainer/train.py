@@ -58,7 +58,7 @@ class FitResult:
     labels: list[str]
     metrics: dict
     history: list[EpochStats]
-    stopped: str | None  # None, "early-stopping" or "cancelled"
+    stopped: str | None  # None, "early-stopping", "cancelled" or "time limit"
     predictions: dict = field(default_factory=dict)  # split -> [(rel path, true, predicted, confidence)]
 
 
@@ -117,10 +117,26 @@ def fit(
     log: Callable[[str], None] = lambda message: None,
     export: bool = True,
 ) -> FitResult:
-    """Train per `config` on `data` (a folder, a .zip, or an opened Dataset) and write the run folder `out`."""
+    """Train per `config` on `data` (a folder, a .zip, or an opened Dataset) and write the run folder `out`.
+
+    A run that fails before it is finished leaves no half-written folder: one it created is removed.
+    """
     config.validate()
     resolve(config.schedule)  # refuse a bad schedule before any photo is decoded
+    created = not Path(out).exists()
     run = prepare_run_dir(out, overwrite)
+    try:
+        return _fit(data, config, run, on_batch, on_epoch, should_stop or (lambda: False), log, export)
+    except BaseException:
+        if not run.is_finished():
+            shutil.rmtree(run.path, ignore_errors=True)
+            if not created:
+                run.path.mkdir()
+        raise
+
+
+def _fit(data, config: TrainConfig, run: RunFolder, on_batch, on_epoch, should_stop, log, export) -> FitResult:
+    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else float("inf")
     device = resolve_device(config.device)
     spec = preprocessing_for(config.arch, config.image_size)
     data = load_data(data, config, spec, run.path)
@@ -136,7 +152,7 @@ def fit(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     autocast = Autocast(device)
-    task = build_task(model, data, config, spec, device, autocast, log)
+    task = build_task(model, data, config, spec, device, autocast, log, should_stop)
     weight = class_weights(data.train, len(labels)).to(device) if config.class_weighted else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
     eval_criterion = nn.CrossEntropyLoss()
@@ -151,8 +167,11 @@ def fit(
         started = time.perf_counter()
         seen, correct, loss_sum, lrs = 0, 0, 0.0, []
         for batch, (x, y) in enumerate(task.train_loader):
-            if should_stop and should_stop():
+            if should_stop():
                 stopped = "cancelled"
+                break
+            if time.monotonic() > deadline:
+                stopped = "time limit"
                 break
             x, y = to_device(x, device), y.to(device)
             lrs.append(head_group["lr"])

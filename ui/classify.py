@@ -6,12 +6,40 @@ from pathlib import Path
 
 import gradio as gr
 import pandas as pd
+from gradio import processing_utils
 
+from models.runtime import ModelLoadError
 from models.serving import IMAGENET
 from ui import EXAMPLES, session
 from ui.errors import user_errors
 
 MODEL_SOURCES = ("A run trained here", "An uploaded .onnx file", "ImageNet ResNet-18")
+
+
+class PhotoFile(gr.Image):
+    """gr.Image that hands the handler the file as it was sent; the app opens it (models.preprocess.load_rgb).
+
+    gr.Image would open and convert it first, before the app's checks: a decompression bomb costs its
+    memory there, 16-bit greys lose their scale, and an unreadable file fails inside Gradio, so the
+    visitor never sees why.
+    """
+
+    def get_block_name(self) -> str:
+        return "image"  # the same component in the browser
+
+    def preprocess(self, payload) -> str | None:
+        if payload is None:
+            return None
+        if payload.path is None and payload.url and payload.url.startswith("data:"):
+            return processing_utils.save_base64_to_cache(payload.url, self.GRADIO_CACHE)  # stored, not decoded
+        return payload.path
+
+
+def _photo_answer(results: list[dict], photo: str) -> list[dict]:
+    """The predictions for one photo, or a gr.Error naming it (by its file name, never its path on the server)."""
+    if "error" in results[0]:
+        raise gr.Error(f"{Path(photo).name}: {results[0]['error']}")
+    return results[0]["predictions"]
 
 
 def _ref_from_tab(source: str, run_id: str | None, onnx_file: str | None) -> str:
@@ -27,9 +55,7 @@ def classify_photo(image: str | None, source: str, run_id: str | None, onnx_file
     with user_errors():
         # A file uploaded through the tab is a trusted path; typed paths are for local use only.
         results, provider, ms = session.MODELS.classify_files([image], _ref_from_tab(source, run_id, onnx_file), top_k, True)
-    if "error" in results[0]:
-        raise gr.Error(results[0]["error"])
-    scores = {p["label"]: p["score"] for p in results[0]["predictions"]}
+    scores = {p["label"]: p["score"] for p in _photo_answer(results, image)}
     return scores, f"Provider: `{provider}`, {ms:.1f} ms for this photo (preprocessing included)."
 
 
@@ -58,9 +84,17 @@ def classify_api(image: str, model: str, top_k: float, request: gr.Request) -> d
         raise gr.Error("Send a photo")
     with user_errors():
         results, provider, ms = session.MODELS.classify_files([image], model, int(top_k or 5), session.is_local(request))
-    if "error" in results[0]:
-        raise gr.Error(results[0]["error"])
-    return {"predictions": results[0]["predictions"], "provider": provider, "latency_ms": round(ms, 3)}
+    return {"predictions": _photo_answer(results, image), "provider": provider, "latency_ms": round(ms, 3)}
+
+
+def prepare_imagenet() -> None:
+    """Export the ImageNet classifier now (at start), so a first classify never waits behind a training."""
+    from models.backbones import WeightsUnavailable
+
+    try:
+        session.MODELS.imagenet_model()
+    except (WeightsUnavailable, ModelLoadError) as exc:
+        print(f"The ImageNet classifier is not available yet: {exc}", flush=True)
 
 
 def classify_tab(runs_changed: gr.State) -> None:
@@ -72,8 +106,8 @@ def classify_tab(runs_changed: gr.State) -> None:
             onnx_file = gr.File(label=".onnx model (made by this app)", file_types=[".onnx"], visible=False)
             top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
         with gr.Column(scale=2):
-            image = gr.Image(type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo", height=320,
-                             elem_id="clf-image")
+            image = PhotoFile(type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo", height=320,
+                              elem_id="clf-image")
             classify = gr.Button("Classify", variant="primary", elem_id="clf-classify")
             gr.Examples(EXAMPLES, inputs=image, label="Example photos")
         with gr.Column(scale=2):
@@ -96,7 +130,7 @@ def classify_tab(runs_changed: gr.State) -> None:
     classify_all.click(classify_many, [many, *model_inputs], [table, gallery, many_info], concurrency_limit=4,
                        concurrency_id="classify", api_visibility="private")
 
-    api_image = gr.Image(type="filepath", visible=False)
+    api_image = PhotoFile(type="filepath", visible=False)
     api_model = gr.Textbox(visible=False)
     api_top_k = gr.Number(value=5, visible=False)
     api_result = gr.JSON(visible=False)

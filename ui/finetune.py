@@ -12,20 +12,23 @@ import math
 import os
 import shutil
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
+from models.job_slot import SlotAbandoned
 from models.metrics import confusion_figure
 from models.run_folder import RunFolder
 from trainer.config import FORM_GROUPS, ConfigError, ScheduleConfig, TrainConfig, choices_of, config_fields, default_of
 from trainer.data import DataError, Dataset, assemble_class_folders, open_dataset
-from trainer.stream import Done, Log, fit_events
-from trainer.task import planned_head_lr
+from trainer.stream import Done, Log, SweepDone, SweepStep, fit_events, sweep_events
+from trainer.task import Cancelled, planned_head_lr
 from trainer.train import BatchEvent, EpochStats, FitResult
 from ui import EXAMPLES, SAMPLE_PHOTOS, session
 from ui.errors import user_errors
+from ui.limits import LIMITS
 
 MAX_CLASSES = 8  # class slots in the per-class upload
 SOURCES = ("Sample photos", "Zip file", "Photos per class", "Folder on this computer")
@@ -113,10 +116,10 @@ def open_photos(source: str, zip_file, folder: str, classes: dict[str, list], ke
     if source == "Zip file":
         if not zip_file:
             raise DataError("Choose a .zip of your photo folder first")
-        return open_dataset(zip_file, workdir=session.STORE.upload_dir(key))
+        return open_dataset(zip_file, workdir=session.fresh_upload_dir(key))
     if source == "Photos per class":
         named = {name.strip(): files for name, files in classes.items() if name.strip() or files}
-        return open_dataset(assemble_class_folders(named, session.STORE.upload_dir(key) / "classes"))
+        return open_dataset(assemble_class_folders(named, session.fresh_upload_dir(key) / "classes"))
     if not local_ok:
         raise DataError("Server folders can only be used when the app runs on your own machine; upload a zip instead")
     if not folder or not Path(folder).expanduser().is_dir():
@@ -170,8 +173,10 @@ def check_photos(request: gr.Request, choice, zip_path, folder_path, count, *cla
     """
     names, files = class_values[:MAX_CLASSES], class_values[MAX_CLASSES:]
     classes = {names[i] or "": files[i] or [] for i in range(int(count))}
+    key = session.visitor(request)
+    session.ensure_room(key)
     with user_errors():
-        dataset = open_photos(choice, zip_path, folder_path, classes, session.visitor(request), session.is_local(request))
+        dataset = open_photos(choice, zip_path, folder_path, classes, key, session.is_local(request))
     grid = sample_grid(dataset.report)
     state = {"path": str(dataset.root), "report": dataset.report}
     return state, report_markdown(dataset.report), gr.update(value=grid, visible=bool(grid))
@@ -242,8 +247,24 @@ def _form_config(weights_file, values) -> TrainConfig:
         return config_from_form(dict(zip(FORM_FIELDS, values)), weights_file)
 
 
+def bounded(config: TrainConfig, request: gr.Request | None, uploaded_weights: str | None) -> TrainConfig:
+    """The config within what this server allows the visitor: epochs, minutes, and where weights may come from."""
+    if LIMITS.max_epochs and config.epochs > LIMITS.max_epochs:
+        raise gr.Error(f"This server trains at most {LIMITS.max_epochs} epochs per run; you asked for {config.epochs}. "
+                       "Lower Epochs, or run the app on your own machine for longer trainings.", print_exception=False)
+    weights_named = config.weights not in WEIGHT_CHOICES[:2] and config.weights != uploaded_weights
+    if weights_named and not session.is_local(request):
+        # A server path would let a visitor probe the server's files or load another visitor's model.
+        raise gr.Error("Give your own weights as an uploaded file (.safetensors or .pth); "
+                       "paths on the server are not accepted here.", print_exception=False)
+    if LIMITS.max_train_minutes and not 0 < config.max_minutes <= LIMITS.max_train_minutes:
+        config = replace(config, max_minutes=LIMITS.max_train_minutes)
+    return config
+
+
 def training_events(data_path: str, config: TrainConfig, key: str, stop: threading.Event):
-    """fit_events for a new run of this visitor: yields (run id, event); a full disk becomes a message."""
+    """fit_events for a new run of this visitor: yields (run id, event or None); a full disk becomes a message."""
+    session.ensure_room(key)
     run_id, run_dir = session.STORE.new_run(key)
     try:
         with user_errors():
@@ -253,23 +274,31 @@ def training_events(data_path: str, config: TrainConfig, key: str, stop: threadi
         raise gr.Error(f"Training stopped: the run folder could not be written ({exc.strerror or exc})") from None
 
 
-def find_lr(request: gr.Request, data, weights_file, *values, progress=gr.Progress()):
-    """Handler of the LR finder: (plot data, message, suggested LR, enable the 'use' button)."""
-    from trainer.lr_finder import lr_find
-
+def find_lr(request: gr.Request, data, weights_file, *values):
+    """Handler of the LR finder, a generator: (plot data, message, suggested LR, enable the 'use' button)."""
     path = _data_path(data)
     key = session.visitor(request)
-    config = _form_config(weights_file, values)
+    config = bounded(_form_config(weights_file, values), request, weights_file)
+    session.ensure_room(key)
     stop = session.STOP_FLAGS.start(key)  # Cancel stops the sweep too
     try:
         with user_errors(ValueError):
-            result = lr_find(path, config, workdir=session.STORE.upload_dir(key), should_stop=stop.is_set,
-                             on_step=lambda i, lr, loss: progress((i + 1) / 100, desc=f"LR {lr:.1e}"))
+            for event in sweep_events(path, config, session.fresh_upload_dir(key), stop):
+                if isinstance(event, Log):
+                    yield gr.skip(), f"_{event.message}_", gr.skip(), gr.skip()
+                elif isinstance(event, SweepStep):
+                    yield gr.skip(), f"_Sweeping: step {event.step + 1}, LR {event.lr:.1e}_", gr.skip(), gr.skip()
+                elif isinstance(event, SweepDone):
+                    result = event.result
+                    frame = pd.DataFrame({"log10 lr": [math.log10(v) for v in result.lr], "loss": result.loss})
+                    text = f"**Suggested LR: {result.suggested_lr:.2e}** (rule: {result.rule}); swept {len(result.lr)} steps."
+                    yield frame, text, result.suggested_lr, gr.update(interactive=True)
+                else:  # a heartbeat: gives Gradio the chance to close this handler when the page has gone
+                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    except (Cancelled, SlotAbandoned):
+        yield gr.skip(), "The LR sweep was cancelled.", gr.skip(), gr.skip()
     finally:
         session.STOP_FLAGS.finish(key, stop)
-    frame = pd.DataFrame({"log10 lr": [math.log10(v) for v in result.lr], "loss": result.loss})
-    text = f"**Suggested LR: {result.suggested_lr:.2e}** (rule: {result.rule}); swept {len(result.lr)} steps."
-    return frame, text, result.suggested_lr, gr.update(interactive=True)
 
 
 TRAIN_OUTPUTS = ("status", "epoch_table", "loss_plot", "acc_plot", "lr_plot", "metrics", "per_class", "confusion",
@@ -282,15 +311,18 @@ def _outputs(**values) -> tuple:
 
 
 def train_model(request: gr.Request, data, weights_file, *values, progress=gr.Progress()):
-    """Handler of Train, a generator: streams epochs (table, curves, LR used over planned), then the results."""
+    """Handler of Train, a generator: streams epochs (table, curves, LR used over planned), then the results.
+
+    Gradio closes a generator handler whose page has gone (at its next yield, hence the heartbeats);
+    closing it stops the training after the current batch.
+    """
     path = _data_path(data)
-    config = _form_config(weights_file, values)
+    config = bounded(_form_config(weights_file, values), request, weights_file)
     key = session.visitor(request)
     stop = session.STOP_FLAGS.start(key)
     history: list[EpochStats] = []
     planned = None
     try:
-        # Closing this generator (a closed tab) closes the stream, which stops its training.
         for run_id, event in training_events(path, config, key, stop):
             if isinstance(event, Log):
                 yield _outputs(status=f"_{event.message.splitlines()[0]}_")
@@ -316,6 +348,10 @@ def train_model(request: gr.Request, data, weights_file, *values, progress=gr.Pr
                     download=gr.update(value=str(session.STORE.zip_run(result.run_dir)), visible=True),
                     run_id=run_id,
                 )
+            else:  # a heartbeat: gives Gradio the chance to close this handler when the page has gone
+                yield _outputs()
+    except (Cancelled, SlotAbandoned):
+        yield _outputs(status="Cancelled before the first epoch finished; nothing was kept.")
     finally:
         session.STOP_FLAGS.finish(key, stop)
 
@@ -326,15 +362,50 @@ def cancel_training(request: gr.Request = None) -> str:
     return "Stopping after the current batch; the best model so far is kept."
 
 
-def train_api(zip_path: str, config: dict, request: gr.Request) -> dict:
-    """API: train on a zipped photo folder with a config dict (the CLI's fields); returns the run id and metrics."""
+def train_api(zip_path: str, config: dict, weights_file: str | None = None, request: gr.Request = None):
+    """API: train on a zipped photo folder with a config dict (the CLI's fields), a generator of progress dicts.
+
+    The last one holds the run id and the metrics. Give your own weights as `weights_file` (with
+    "weights": "file" in the config). A caller that goes away stops its training.
+    """
     if not zip_path:
         raise gr.Error("Send the photos as a .zip file")
+    config = dict(config or {}) if isinstance(config, dict) else config
+    if isinstance(config, dict) and config.get("weights") == "file":
+        if not weights_file:
+            raise gr.Error('"weights": "file" needs the weights file sent as weights_file')
+        config["weights"] = weights_file
     with user_errors():
         train_config = TrainConfig.from_dict(config or {})
-    for run_id, event in training_events(zip_path, train_config, session.visitor(request), threading.Event()):
-        if isinstance(event, Done):
-            return {"run_id": run_id, "metrics": event.result.metrics}
+    train_config = bounded(train_config, request, weights_file)
+    key = session.visitor(request)
+    stop = session.STOP_FLAGS.start(key)
+    progress = {"status": "starting"}
+    try:
+        for run_id, event in training_events(zip_path, train_config, key, stop):
+            if isinstance(event, Log):
+                progress = {"run_id": run_id, "status": event.message.splitlines()[0]}
+            elif isinstance(event, EpochStats):
+                progress = {"run_id": run_id, "status": "training", "epoch": event.epoch,
+                            "epochs": train_config.epochs, "val_acc": event.val_acc, "val_loss": event.val_loss}
+            elif isinstance(event, Done):
+                progress = {"run_id": run_id, "status": "finished", "metrics": event.result.metrics}
+            elif event is not None:
+                continue
+            yield progress
+    except (Cancelled, SlotAbandoned):
+        yield {"status": "cancelled before the first epoch finished; nothing was kept"}
+    finally:
+        session.STOP_FLAGS.finish(key, stop)
+
+
+def delete_run(run_id: str | None, request: gr.Request = None) -> str:
+    """Handler of 'Delete this run' (and /delete_run): one of the visitor's own runs, gone from disk."""
+    if not run_id:
+        raise gr.Error("Choose one of your runs first", print_exception=False)
+    with user_errors(ValueError):
+        session.STORE.delete_run(session.visitor(request), run_id)
+    return f"Run `{run_id}` deleted."
 
 
 # ---------------------------------------------------------------- sharing
@@ -345,37 +416,44 @@ def _hub_endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
-def push_to_hub(run_id: str | None, repo_id: str, private: bool, token: str, oauth_token: gr.OAuthToken | None = None):
-    """Handler of Push: the token typed here, else the Space login, else HF_TOKEN or the cached login."""
+def push_to_hub(run_id: str | None, repo_id: str, private: bool, token: str, oauth_token: gr.OAuthToken | None = None,
+                request: gr.Request = None):
+    """Handler of Push: as the visitor (the token typed here, else their sign-in); on loopback, else this computer's login."""
     from models.hub import push_run
 
     if not run_id:
         raise gr.Error("Train a model first (or pick one of this session's runs)")
-    token = (token or "").strip() or (oauth_token.token if oauth_token else None)
+    token = session.hub_token(token, oauth_token, request)
     with user_errors(ValueError):
         url = push_run(session.STORE.find(run_id), (repo_id or "").strip(), token=token, private=bool(private),
-                       endpoint=_hub_endpoint())
+                       endpoint=_hub_endpoint(), use_login=not session.is_shared(request))
     return f"Pushed to [{url}]({url})", gr.update(value="")  # the token box is cleared after use
 
 
 def make_space_for_run(run_id: str | None, repo_id: str, private: bool, token: str,
-                       oauth_token: gr.OAuthToken | None = None):
-    """Handler of 'Make a Space': the classify-only app as a zip, pushed as a Space when a repo is named."""
+                       oauth_token: gr.OAuthToken | None = None, request: gr.Request = None):
+    """Handler of 'Make a Space': the classify-only app as a zip, pushed as a Space when a repo is named (as push_to_hub)."""
     from models.hub import make_space, push_space
 
     if not run_id:
         raise gr.Error("Train a model first (or pick one of this session's runs)")
+    push_as = session.hub_token(token, oauth_token, request) if (repo_id or "").strip() else None
     with user_errors(ValueError):
         run = RunFolder(session.STORE.find(run_id))
         folder = make_space(run.path, run.space_dir, examples=EXAMPLES[:3])
     archive = shutil.make_archive(str(run.path / f"{run_id}-space"), "zip", folder)
     message = "Space app written: unzip and run `python app.py`, or upload it as a Gradio Space."
     if (repo_id or "").strip():
-        token = (token or "").strip() or (oauth_token.token if oauth_token else None)
         with user_errors(ValueError):
-            url = push_space(run.path, repo_id.strip(), token=token, private=bool(private), endpoint=_hub_endpoint())
+            url = push_space(run.path, repo_id.strip(), token=push_as, private=bool(private), endpoint=_hub_endpoint(),
+                             use_login=not session.is_shared(request))
         message = f"Space pushed to [{url}]({url})"
     return message, gr.update(value=archive, visible=True), gr.update(value="")
+
+
+def token_box(request: gr.Request):
+    """The token box's label for the running server (build time knows only GRADIO_SERVER_NAME, not the launch's address)."""
+    return gr.update(label=session.hub_token_label(request))
 
 
 # ---------------------------------------------------------------- layout and wiring
@@ -450,15 +528,19 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
             repo_id = gr.Textbox(label="Repository", placeholder="your-name/food-classifier")
             private = gr.Checkbox(value=False, label="Private")
         with gr.Row():
-            token = gr.Textbox(label="Token with write access (optional: your login or HF_TOKEN is used otherwise)",
-                               type="password")
-            if session.ON_SPACE:
+            token = gr.Textbox(label=session.hub_token_label(), type="password")
+            if session.hub_sign_in():
                 gr.LoginButton()
         with gr.Row():
             push = gr.Button("Push the model")
             space = gr.Button("Make a Space from this run")
         share_md = gr.Markdown()
         space_zip = gr.DownloadButton("Download the Space app (zip)", visible=False)
+    with gr.Accordion("5. Your runs", open=False):
+        with gr.Row():
+            own_run = gr.Dropdown(label="Run", choices=[], elem_id="ft-own-run")
+            delete = gr.Button("Delete this run", variant="stop", size="sm", elem_id="ft-delete-run")
+        delete_md = gr.Markdown(elem_id="ft-delete-message")
 
     # -- wiring
     settings = [weights_file, *(form[name] for name in FORM_FIELDS)]  # as the handlers zip them with FORM_FIELDS
@@ -481,14 +563,25 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     # Queued (so the request carries the browser session), in its own slot: it never waits behind training.
     cancel.click(cancel_training, None, status, concurrency_id="cancel", concurrency_limit=None)
     runs_changed.change(session.run_choices, runs_changed, share_run)
-    share_run.focus(session.run_choices, None, share_run)
-    push.click(push_to_hub, [share_run, repo_id, private, token], [share_md, token], api_visibility="private")
+    # Undocumented endpoints: programs (and the tests) call the share panel as the page does.
+    share_run.focus(session.run_choices, None, share_run, api_name="share_runs", api_visibility="undocumented")
+    push.click(push_to_hub, [share_run, repo_id, private, token], [share_md, token], api_name="push_to_hub",
+               api_visibility="undocumented")
     space.click(make_space_for_run, [share_run, repo_id, private, token], [share_md, space_zip, token],
-                api_visibility="private")
+                api_name="make_space", api_visibility="undocumented")
+    gr.on(None, token_box, None, token, queue=False, api_visibility="private")  # on page load
+
+    runs_changed.change(session.run_choices, runs_changed, own_run)
+    own_run.focus(session.run_choices, None, own_run, api_name="own_runs", api_visibility="private")
+    delete.click(delete_run, own_run, delete_md, api_name="delete_own_run", api_visibility="private").then(
+        session.newest_run, None, runs_changed, api_visibility="private")
 
     # /train for programs: a zip and the CLI's fields as a dict; hidden components keep uploads validated.
     api_zip = gr.File(visible=False, file_types=[".zip"])
     api_config = gr.JSON(visible=False)
+    api_weights = gr.File(visible=False, file_types=[".safetensors", ".pth", ".pt"])
     api_result = gr.JSON(visible=False)
-    gr.Button(visible=False).click(train_api, [api_zip, api_config], api_result, api_name="train",
+    gr.Button(visible=False).click(train_api, [api_zip, api_config, api_weights], api_result, api_name="train",
                                    concurrency_limit=1, concurrency_id="training")
+    api_run_id = gr.Textbox(visible=False)
+    gr.Button(visible=False).click(delete_run, api_run_id, gr.Markdown(visible=False), api_name="delete_run")
