@@ -53,7 +53,10 @@ def confusion_figure(panels: list[tuple[str, list[list[int]]]], labels: list[str
             for (row, col), count in np.ndenumerate(matrix):
                 colour = "white" if count > peak / 2 else "black"
                 axes.text(col, row, str(int(count)), ha="center", va="center", color=colour, fontsize=font)
-        axes.set_xticks(range(n), labels, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=font)
+        # Slanted column labels do not run into each other, whatever their length.
+        slant = n > 4 or max(map(len, labels), default=0) > 6
+        axes.set_xticks(range(n), labels, rotation=40 if slant else 0, ha="right" if slant else "center",
+                        rotation_mode="anchor", fontsize=font)
         axes.set_yticks(range(n), labels, fontsize=font)
         axes.set_xlabel("predicted")
         axes.set_ylabel("true")

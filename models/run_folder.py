@@ -28,10 +28,14 @@ CONFIG = "config.json"
 METRICS = "metrics.json"
 HISTORY = "history.json"
 DATA_REPORT = "data_report.json"
+PREDICTIONS = "predictions.json"  # split -> [[photo path in the report, true, predicted, confidence]]
 WEIGHTS = "model.safetensors"
 ONNX_VARIANTS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 DATA = "data"
 SPACE = "space"
+# Folders the app names itself (a zip's extraction folder, the per-class upload's in ui/finetune): their
+# names say nothing about the photos, so a run trained from one is known by its class names instead.
+APP_FOLDERS = {DATA, "classes"}
 
 # Serialises read-modify-write of metrics.json within the process (training and export both add to it).
 _METRICS_LOCK = threading.Lock()
@@ -133,6 +137,10 @@ class RunFolder:
     def read_history(self) -> list[dict]:
         return self.read_json(HISTORY, "the per-epoch history") if self.file(HISTORY).is_file() else []
 
+    def read_predictions(self) -> dict[str, list]:
+        """Each split's predictions; empty for runs written before they were kept."""
+        return self.read_json(PREDICTIONS, "the predictions") if self.file(PREDICTIONS).is_file() else {}
+
     def read_data_report(self) -> dict:
         return self.read_json(DATA_REPORT, "the data report") if self.file(DATA_REPORT).is_file() else {}
 
@@ -171,19 +179,51 @@ class RunFolder:
     def write_history(self, history: list[dict]) -> None:
         write_json(self.file(HISTORY), history)
 
+    def write_predictions(self, predictions: dict[str, list]) -> None:
+        write_json(self.file(PREDICTIONS), predictions)
+
     def write_data_report(self, report: dict) -> None:
         write_json(self.file(DATA_REPORT), report)
 
     # -- describing
 
-    def summary(self) -> str:
-        """One line for pickers: arch, strategy, classes, validation accuracy (or that it is unfinished)."""
-        record = self.read_config()
-        summary = f"{record.arch} {record.train.get('strategy', '')}, {len(record.labels)} classes"
+    def data_name(self) -> str:
+        """The photos as the person named them: the zip's or folder's name, else their first class names.
+
+        A zip checked in the Fine-tune tab is extracted into an upload folder laid out like a run folder
+        (its data/ beside the report naming the zip), and the run is trained from that data/: the upload's
+        report names the zip.
+        """
+        report = self.read_data_report()
+        root = Path(report.get("root") or "")
+        names = [report.get("source"), root.name]
+        if root.name == DATA and root.parent != self.path:
+            try:
+                names.append(RunFolder(root.parent).read_data_report().get("source"))
+            except RunFolderError:  # a name is not worth failing the run's listing for
+                pass
+        for name in names:
+            name = (name or "").removesuffix(".zip")
+            if name and name not in APP_FOLDERS:
+                return name
+        labels = self.read_config().labels
+        return ", ".join(labels[:3]) + (f" +{len(labels) - 3}" if len(labels) > 3 else "")
+
+    def ending(self) -> str | None:
+        """How the training ended: None when every epoch ran, else metrics.json's "stopped" ("early-stopping",
+        "time limit", "cancelled"), or "unfinished" while it has no metrics (training, or interrupted)."""
         if not self.file(METRICS).is_file():
-            return summary + ", unfinished"
-        accuracy = (self.read_metrics().get("val") or {}).get("accuracy")
-        return summary + (f", val acc {accuracy:.1%}" if accuracy is not None else "")
+            return "unfinished"
+        return self.read_metrics().get("stopped")
+
+    def summary(self) -> str:
+        """What the run is, for pickers: "food4 · resnet18 finetune · val 87%" (photos, backbone and strategy, accuracy)."""
+        record = self.read_config()
+        parts = [self.data_name(), f"{record.arch} {record.train.get('strategy', '')}".strip()]
+        accuracy = (self.read_metrics().get("val") or {}).get("accuracy") if self.file(METRICS).is_file() else None
+        if accuracy is not None:
+            parts.append(f"val {accuracy:.0%}")
+        return " · ".join(parts)
 
     def shared_files(self) -> list[Path]:
         """The files a download or a push carries: everything but extracted photos and hidden temporaries."""

@@ -21,7 +21,11 @@ from models.run_folder import RunFolder, RunFolderError
 
 DATA_DIR_ENV = "TRANSFER_STUDIO_DATA_DIR"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID_TIME = "%Y%m%d-%H%M%S"  # a run id starts with when its training started, in the server's local time
 UPLOADS = "uploads"
+# How a run's name says its training ended (RunFolder.ending); runs that ran to the end say nothing.
+_ENDING_TAGS = {"early-stopping": "stopped early", "time limit": "time limit", "cancelled": "cancelled",
+                "unfinished": "unfinished"}
 
 
 def default_data_dir() -> Path:
@@ -32,8 +36,24 @@ def default_data_dir() -> Path:
 class RunInfo:
     run_id: str
     path: Path
-    created: float
-    summary: str  # one line for pickers: arch, strategy, accuracy
+    created: float  # when its training started, seconds since the epoch
+    summary: str  # RunFolder.summary(): "food4 · resnet18 finetune · val 87%"
+    ending: str | None  # RunFolder.ending(): None when every epoch ran
+
+    @property
+    def finished_normally(self) -> bool:
+        """Ran every epoch or stopped early by its own rule: neither cancelled, cut by the time limit, nor unfinished."""
+        return self.ending in (None, "early-stopping")
+
+    def name(self, now: float | None = None) -> str:
+        """How a person recognises the run: "food4 · resnet18 finetune · val 87% · 10:44 (cancelled)".
+
+        The time is the start of its training: the hour alone on the day of `now`, with the date before.
+        """
+        started, today = time.localtime(self.created), time.localtime(time.time() if now is None else now)
+        clock = time.strftime("%H:%M" if started[:3] == today[:3] else "%b %d %H:%M", started)
+        tag = _ENDING_TAGS.get(self.ending, self.ending)
+        return f"{self.summary} · {clock}" + (f" ({tag})" if tag else "")
 
 
 class RunStore:
@@ -47,7 +67,7 @@ class RunStore:
         return self.root / visitor
 
     def new_run(self, visitor: str) -> tuple[str, Path]:
-        run_id = time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(4)
+        run_id = f"{time.strftime(_ID_TIME)}-{secrets.token_hex(4)}"
         path = self.visitor_dir(visitor) / run_id
         path.mkdir(parents=True)
         return run_id, path
@@ -99,7 +119,7 @@ class RunStore:
         return total
 
     def runs(self, visitor: str) -> list[RunInfo]:
-        """This visitor's finished runs, newest first."""
+        """This visitor's runs (those training or interrupted included), newest first."""
         folder = self.visitor_dir(visitor)
         found = [self._info(p) for p in folder.iterdir() if p.is_dir() and RunFolder(p).has_config()] if folder.is_dir() else []
         return sorted((info for info in found if info), key=lambda r: r.created, reverse=True)
@@ -138,11 +158,16 @@ class RunStore:
 
     @staticmethod
     def _info(path: Path) -> RunInfo | None:
+        run = RunFolder(path)
         try:
-            summary = RunFolder(path).summary()
+            summary, ending = run.summary(), run.ending()
         except RunFolderError:  # a damaged folder is left out of pickers, not a reason to fail the listing
             return None
-        return RunInfo(path.name, path, path.stat().st_mtime, summary)
+        try:
+            created = time.mktime(time.strptime(run.name[:15], _ID_TIME))
+        except ValueError:  # a run folder renamed by hand: when it last changed will do
+            created = path.stat().st_mtime
+        return RunInfo(run.name, path, created, summary, ending)
 
 
 def _newest_mtime(folder: Path) -> float:

@@ -56,9 +56,14 @@ class ModelServer:
         self._models: OrderedDict[tuple[str, int, int], Future] = OrderedDict()
         self._lock = threading.Lock()  # guards _models only: never held while a model loads or runs
 
+    @property
+    def imagenet_path(self) -> Path:
+        """Where imagenet_model() keeps the exported ImageNet classifier."""
+        return self.store.root / f"imagenet-{IMAGENET_ARCH}.onnx"
+
     def imagenet_model(self) -> Path:
         """The torchvision ImageNet ResNet-18 exported once to ONNX, so classifying works before any training."""
-        path = self.store.root / f"imagenet-{IMAGENET_ARCH}.onnx"
+        path = self.imagenet_path
         if path.is_file():
             return path
         try:

@@ -19,7 +19,7 @@ from models.run_store import RunStore
 from models.serving import ModelServer
 from trainer.config import ConfigError, ScheduleConfig, TrainConfig
 from trainer.schedules import ScheduleError, ValLossShape, lr_curve
-from ui import classify, finetune, schedules, session
+from ui import classify, errors, finetune, schedules, session
 
 
 @pytest.fixture(scope="module")
@@ -162,14 +162,15 @@ def request(session: str):
 NO_CLASSES = [""] * finetune.MAX_CLASSES + [None] * finetune.MAX_CLASSES
 
 
-def form(weights_file=None, **overrides):
-    """The settings' values as the tab hands them over (the weights file, then the form's fields): a tiny model
-    that trains in seconds."""
-    flat = {**TrainConfig().to_dict(), **TrainConfig().schedule.to_dict(), "params": "{}"}
+def form(weights_file=None, params=None, **overrides):
+    """The settings' values as the tab hands them over (the weights file, the form's fields, then the scheduler
+    parameter fields, blank unless `params` gives {(scheduler, name): value}): a tiny model that trains in seconds."""
+    flat = {**TrainConfig().to_dict(), **TrainConfig().schedule.to_dict()}
     flat.update(weights="none", strategy="full", batch_size=8, image_size=32, head_epochs=1, optimizer="adamw",
                 augment="none", lr=1e-3, epochs=3)
     flat.update(overrides)
-    return [weights_file, *(flat[name] for name in finetune.FORM_FIELDS)]
+    return [weights_file, *(flat[name] for name in finetune.FORM_INPUTS),
+            *((params or {}).get(key) for key in finetune.PARAM_KEYS)]
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +180,7 @@ def sample_zip(tmp_path_factory):
 
 def test_checking_the_sample_zip_shows_the_report_and_a_grid(sample_zip):
     state, report, grid = finetune.check_photos(request("zip"), "Zip file", sample_zip, "", 2, *NO_CLASSES)
-    assert "| hotdog |" in report and "| not_hotdog |" in report
+    assert "| hotdog |" in report and "| not\\_hotdog |" in report  # class names are shown as written
     assert state["report"]["labels"] == ["hotdog", "not_hotdog"]
     assert len(grid["value"]) == 8 and {caption for _, caption in grid["value"]} == {"hotdog", "not_hotdog"}
 
@@ -203,6 +204,22 @@ def test_bad_uploads_answer_with_a_message(tmp_path):
         finetune.check_photos(request("bad"), "Photos per class", None, "", 2, *names, *([None] * finetune.MAX_CLASSES))
 
 
+def test_a_failed_check_shows_in_the_report_area_and_the_event_fails_without_a_popup(tmp_path):
+    not_zip = tmp_path / "photos.zip"
+    not_zip.write_text("not a zip")
+    on_page = errors.in_place(finetune.check_photos, 3, at=1, title="Cannot use these photos", working="_Checking_",
+                              on_error={0: None, 2: gr.update(visible=False)})
+    shown = []
+    with pytest.raises(gr.Error) as raised:
+        for answer in on_page(request("bad-page"), "Zip file", str(not_zip), "", 2, *NO_CLASSES):
+            shown.append(answer)
+    assert not raised.value.visible and "is not a valid .zip file" in raised.value.message  # programs still hear it
+    working, failed = shown
+    assert working[1] == "_Checking_"
+    assert failed[0] is None and failed[2]["visible"] is False  # no photos left to train from, no stale grid
+    assert failed[1].startswith("**Cannot use these photos:** ") and "is not a valid .zip file" in failed[1]
+
+
 def test_server_folders_are_refused_when_the_request_is_not_local(tmp_path):
     remote = SimpleNamespace(session_hash="remote", client=SimpleNamespace(host="203.0.113.9"))
     with pytest.raises(gr.Error, match="own machine"):
@@ -211,71 +228,162 @@ def test_server_folders_are_refused_when_the_request_is_not_local(tmp_path):
 
 def test_lr_finder_handler_suggests_an_lr_for_the_form(tmp_path):
     state, _, _ = finetune.check_photos(request("finder"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
-                                   *NO_CLASSES)
+                                        *NO_CLASSES)
     outputs = list(finetune.find_lr(request("finder"), state, *form(strategy="linear-probe")))
     assert any(str(text).startswith("_Sweeping: step") for _, text, _, _ in outputs)  # progress while it sweeps
-    frame, text, suggested, _ = outputs[-1]
-    assert len(frame) > 10 and suggested > 0 and "valley" in text
+    chart, text, suggested, use = outputs[-1]
+    assert chart["visible"] and len(chart["value"].data[0].x) > 10
+    assert suggested > 0 and use["interactive"] and ("valley" in text or "No clear answer" in text)
 
 
-def collect(generator):
-    outputs = list(generator)
-    return outputs, dict(zip(finetune.TRAIN_OUTPUTS, outputs[-1]))
+def collect(generator) -> list[dict]:
+    """Every answer of the train handler, by output name."""
+    return [dict(zip(finetune.TRAIN_OUTPUTS, answer)) for answer in generator]
 
 
-def test_training_streams_epochs_then_shows_results_and_a_download(tmp_path):
+def statuses(answers: list[dict]) -> list[str]:
+    return [a["status"] for a in answers if isinstance(a["status"], str)]
+
+
+def test_training_says_each_phase_streams_epochs_then_shows_results_and_a_download(tmp_path):
     state, _, _ = finetune.check_photos(request("train"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
-                                   *NO_CLASSES)
-    outputs, final = collect(finetune.train_model(request("train"), state, *form(epochs=3)))
-    epochs = [dict(zip(finetune.TRAIN_OUTPUTS, o)) for o in outputs if isinstance(o[1], pd.DataFrame)]
-    assert [len(e["epoch_table"]) for e in epochs] == [1, 2, 3]
-    lr_used = epochs[-1]["lr_plot"]
-    assert set(lr_used["curve"]) == {"planned", "used"}
-    planned, used = (lr_used[lr_used["curve"] == c]["lr"].tolist() for c in ("planned", "used"))
-    assert used == planned  # the LR actually used is the planned schedule
-    assert "Validation accuracy" in final["metrics"]
-    assert list(final["per_class"]["label"]) == ["blue", "green", "red"]
+                                        *NO_CLASSES)
+    answers = collect(finetune.train_model(request("train"), state, *form(epochs=3)))
+    said, final = statuses(answers), answers[-1]
+    epochs = [a for a in answers if isinstance(a["status"], str) and a["status"].startswith("Epoch ")]
+    assert [len(e["epoch_table"]) for e in epochs] == [1, 2, 3] and all(e["live"]["visible"] for e in epochs)
+    planned, used = epochs[-1]["lr_plot"].data
+    assert (planned.name, used.name) == ("planned", "used") and list(used.y) == list(planned.y)  # the plan, as used
+    # The seconds after the last epoch are phases of their own, said as they happen.
+    after = said[said.index(epochs[-1]["status"]) + 1:]
+    assert after[0] == "_Training done: 3 epochs. Evaluating the best model (epoch " + after[0].split("(epoch ")[1]
+    assert after[0].endswith(" on 6 validation photos_")
+    assert after[1] == "_Exporting to ONNX, then checking that it gives PyTorch's answers on 6 validation photos_"
+    assert final["status"].startswith("**Training finished** after 3 of 3 epochs; the best model (epoch ")
+    assert final["status"].endswith(f"is kept as run `{final['run_id']}`.")
+    assert final["final"]["visible"] and "Validation accuracy" in final["metrics"] and "ONNX export" in final["metrics"]
+    assert list(final["per_class"]["class"]) == ["blue", "green", "red"]
     assert final["confusion"].axes[0].get_title().startswith("Validation (")
-    for path, caption in final["misclassified"]:
-        assert Path(path).is_file() and caption.startswith("predicted ")
+    for path, _ in final["misclassified"]["value"]:
+        assert Path(path).is_file()
     archive = Path(final["download"]["value"])
     names = zipfile.ZipFile(archive).namelist()
     assert f"{final['run_id']}/model.onnx" in names and f"{final['run_id']}/config.json" in names
     assert [r.run_id for r in session.STORE.runs("train")] == [final["run_id"]]
 
 
-def test_cancel_mid_training_keeps_the_best_model_and_the_app_answers(tmp_path):
+def test_cancel_mid_training_says_cancelled_keeps_the_best_model_and_the_app_answers(tmp_path):
     state, _, _ = finetune.check_photos(request("cancel"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
-                                   *NO_CLASSES)
+                                        *NO_CLASSES)
     generator = finetune.train_model(request("cancel"), state, *form(epochs=30))
-    for output in generator:
-        if isinstance(output[1], pd.DataFrame):  # the first epoch has finished
-            assert "Stopping" in finetune.cancel_training(request("cancel"))
+    answers = []
+    for answer in generator:
+        answers.append(dict(zip(finetune.TRAIN_OUTPUTS, answer)))
+        if isinstance(answers[-1]["epoch_table"], pd.DataFrame):  # the first epoch has finished
+            assert finetune.cancel_training(request("cancel")) == "Stopping after the current batch; the best model so far is kept."
             break
-    final = dict(zip(finetune.TRAIN_OUTPUTS, list(generator)[-1]))
-    assert "Stopped: cancelled" in final["metrics"]
+    answers += collect(generator)
+    said, final = statuses(answers), answers[-1]
+    epochs_run = json.loads((session.STORE.find(final["run_id"]) / "metrics.json").read_text())["epochs_run"]
+    assert f"_Training cancelled after {epochs_run} of 30 epochs. Evaluating the best model (epoch " in "".join(said)
+    assert final["status"].startswith(f"**Training cancelled** after {epochs_run} of 30 epochs; the best model (epoch ")
+    assert "Cancelled: the best model so far was kept." in final["metrics"]
     run = session.STORE.find(final["run_id"])
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["stopped"] == "cancelled" and metrics["epochs_run"] < 30
+    assert json.loads((run / "metrics.json").read_text())["stopped"] == "cancelled" and epochs_run < 30
     assert (run / "model.safetensors").is_file()
-    assert finetune.cancel_training(request("cancel")) == "Nothing is training in this session."
     assert schedules.render_schedule(ScheduleConfig(), ValLossShape(), [], False)[4]  # the app still computes
 
 
-def test_studio_schedule_carries_over_to_the_fine_tune_form():
-    studio = ScheduleConfig("StepLR", 0.05, 7, 3, {"step_size": 2}, 1, "batch").to_dict()
-    assert dict(zip(finetune.SCHEDULE_FIELDS, finetune.take_studio_schedule(studio))) == {
-        "scheduler": "StepLR", "params": '{"step_size": 2}', "lr": 0.05, "epochs": 7, "warmup_epochs": 1, "step_per": "batch"}
-
-
-def test_bad_settings_answer_with_a_message(tmp_path):
+def test_cancel_while_waiting_in_the_queue_ends_the_training_before_it_starts(tmp_path):
     state = {"path": str(write_photos(tmp_path)), "report": {}}
-    with pytest.raises(gr.Error, match="batch_size must be at least 1"):
-        list(finetune.train_model(request("bad-settings"), state, *form(batch_size=0)))
-    with pytest.raises(gr.Error, match="Scheduler parameters must be JSON"):
-        list(finetune.train_model(request("bad-settings"), state, *form(params="{oops")))
-    with pytest.raises(gr.Error, match="Check your photos first"):
-        list(finetune.train_model(request("bad-settings"), None, *form()))
+    finetune.train_starts(request("queued"))
+    assert finetune.cancel_training(request("queued")) == "Cancelled: it leaves the queue without training."
+    (answer,) = collect(finetune.train_model(request("queued"), state, *form()))
+    assert answer["status"] == "**Cancelled** while it waited in the queue; nothing was trained."
+    assert session.STORE.runs("queued") == []
+    train, find, open_run, cancel = finetune.train_starts(request("queued"))[4:]  # the next Train press starts afresh
+    assert [b["interactive"] for b in (train, find, open_run, cancel)] == [False, False, False, True]
+    assert [b["interactive"] for b in finetune.job_ends()] == [True, True, True, False]
+
+
+def test_studio_schedule_carries_over_and_the_form_says_what_changed():
+    studio = ScheduleConfig("StepLR", 0.05, 7, 3, {"step_size": 2}, 1, "batch").to_dict()
+    keys = finetune.SCHEDULE_INPUTS + finetune.PARAM_KEYS
+    current = {"scheduler": "CosineAnnealingLR", "lr": 0.01, "epochs": 7, "warmup_epochs": 0, "step_per": "epoch"}
+    *values, said = finetune.take_studio_schedule(studio, *(current.get(key) for key in keys))
+    taken = {key: value for key, value in zip(keys, values) if not isinstance(value, dict)}  # gr.skip() is a dict
+    assert taken == {"scheduler": "StepLR", "lr": 0.05, "epochs": 7, "warmup_epochs": 1, "step_per": "batch",
+                     ("StepLR", "step_size"): 2, ("StepLR", "gamma"): None}
+    assert said == ("Took the studio's schedule: LR scheduler CosineAnnealingLR → StepLR; Learning rate 0.01 → 0.05; "
+                    "Warm-up epochs 0 → 1; Step per epoch → batch; step\\_size blank → 2. Blank parameters are derived "
+                    "from the run; steps per epoch come from your photos.")
+    *_, again = finetune.take_studio_schedule(studio, *values)
+    assert again.startswith("The form already had the studio's schedule (StepLR).")
+    *_, nothing = finetune.take_studio_schedule(None, *values)
+    assert nothing.startswith("Nothing to take yet: draw a schedule in the Learning-rate schedules tab first")
+
+
+@pytest.mark.parametrize(
+    "overrides, said",
+    [
+        ({"batch_size": 0}, "**Cannot train:** “Batch size” must be at least 1, got 0"),
+        ({"scheduler": "StepLR", "params": {("StepLR", "step_size"): -3}},
+         "**Cannot train:** StepLR: step\\_size must be at least 1, got -3"),
+        ({"weights": "file"}, "**Cannot train:** Choose a weights file, or pick imagenet or none"),
+    ],
+    ids=["batch-size-0", "step-size-minus-3", "weights-file-missing"],
+)
+def test_bad_settings_show_their_message_in_the_form_s_words_in_the_status_line(tmp_path, overrides, said):
+    state = {"path": str(write_photos(tmp_path)), "report": {}}
+    (answer,) = collect(finetune.train_model(request("bad-settings"), state, *form(**overrides)))
+    assert answer["status"] == said
+    assert session.STORE.runs("bad-settings") == []
+
+
+def test_training_without_checked_photos_says_what_to_do_first():
+    (answer,) = collect(finetune.train_model(request("bad-settings"), None, *form()))
+    assert answer["status"] == "**Cannot train:** Check your photos first (step 1): press 'Check photos'"
+
+
+def test_imagenet_weights_offline_show_the_whole_message_with_the_form_s_labels(tmp_path, monkeypatch):
+    import socket
+    import urllib.error
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no cached weights: torch hub would download them
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    state = {"path": str(write_photos(tmp_path / "photos")), "report": {}}
+    said = statuses(collect(finetune.train_model(request("offline"), state, *form(weights="imagenet"))))[-1]
+    checkpoint = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    assert said == (
+        "**Training failed:** ImageNet weights for resnet18 could not be loaded (URLError: &lt;urlopen error \\[Errno -2\\] "
+        "Name or service not known&gt;). Connect to the internet once so torchvision can download "
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth into the torch hub cache "
+        f"({errors.plain(str(checkpoint))}), or copy that file there, or pass a local weights file "
+        "(“Pretrained weights: file”, .safetensors or .pth), or train from scratch with “Pretrained weights: none”.")
+
+
+@pytest.mark.parametrize(
+    "message, said",
+    [
+        ("train from scratch with --weights none.", "train from scratch with “Pretrained weights: none”."),
+        ("a local weights file (--weights PATH, .safetensors or .pth)",
+         "a local weights file (“Pretrained weights: file”, .safetensors or .pth)"),
+        ("try --strategy full or --epochs 5", "try “Strategy: full” or “Epochs: 5”"),
+        ("image_size must be at most 1024 pixels, got 5000", "“Image size (crop, px)” must be at most 1024 pixels, got 5000"),
+        ("lr must be positive, got 0.0", "“Learning rate” must be positive, got 0.0"),
+        ("Invalid optimizer 'rmsprop'. Choose one of: sgd, adamw", "Invalid “Optimizer” 'rmsprop'. Choose one of: sgd, adamw"),
+        ("OneCycleLR cannot have a warm-up in front of it; set warmup_epochs to 0",
+         "OneCycleLR cannot have a warm-up in front of it; set “Warm-up epochs” to 0"),
+        ("choose another --out or pass --overwrite", "choose another --out or pass --overwrite"),  # not form settings
+        ("3 epochs of StepLR: step_size must be at least 1", "3 epochs of StepLR: step_size must be at least 1"),
+    ],
+)
+def test_messages_on_the_page_name_the_form_s_controls_not_cli_flags(message, said):
+    assert errors.in_form_words(message) == said
 
 
 def test_train_endpoint_through_gradio_client(client, sample_zip):
@@ -287,6 +395,22 @@ def test_train_endpoint_through_gradio_client(client, sample_zip):
     assert result["metrics"]["val"]["count"] == 8
     run = session.STORE.find(result["run_id"])
     assert json.loads((run / "config.json").read_text())["train"]["schedule"]["epochs"] == 2
+
+
+def test_a_run_opens_again_in_the_results_areas_for_its_owner_only(tmp_path):
+    state, _, _ = finetune.check_photos(request("reopen"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+                                        *NO_CLASSES)
+    live = collect(finetune.train_model(request("reopen"), state, *form(epochs=2)))[-1]
+    message, *answer = finetune.open_run(live["run_id"], request("reopen"))
+    opened = dict(zip(finetune.TRAIN_OUTPUTS, answer))
+    assert message == "" and opened["status"] == live["status"]
+    assert opened["live"]["visible"] and opened["final"]["visible"] and opened["metrics"] == live["metrics"]
+    assert opened["epoch_table"].equals(live["epoch_table"]) and len(opened["loss_plot"].data) == 2
+    assert Path(opened["download"]["value"]).is_file()
+    with pytest.raises(gr.Error, match="That run is not one of yours, or it has been deleted"):
+        finetune.open_run(live["run_id"], request("someone-else"))
+    with pytest.raises(gr.Error, match="Choose one of your runs first"):
+        finetune.open_run(None, request("reopen"))
 
 
 # ---------------------------------------------------------------- the classify tab and /classify
@@ -333,8 +457,77 @@ def test_classify_without_a_model_or_photo_says_what_to_do(trained):
 
 
 def test_runs_of_one_session_are_not_listed_in_another(trained):
-    assert trained[0] in [value for _, value in session.run_choices(request("clf"))["choices"]]
+    names = {value: name for name, value in session.run_choices(request("clf"))["choices"]}
+    assert names[trained[0]].startswith("photos · resnet18 full · val ")  # trained from the folder "photos"
     assert session.run_choices(request("someone-else"))["choices"] == []
+
+
+@pytest.fixture
+def own_server(tmp_path, monkeypatch) -> RunStore:
+    """The app's runs and models in an empty store of their own, and no ImageNet weights in torch's cache."""
+    store = RunStore(tmp_path / "data")
+    monkeypatch.setattr(session, "STORE", store)
+    monkeypatch.setattr(session, "MODELS", ModelServer(store))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return store
+
+
+def test_run_pickers_select_the_newest_run_that_finished_normally(own_server):
+    from test_run_store import finished_run, started_at
+
+    older = started_at(own_server, finished_run(own_server, "v", accuracy=0.9), "090000")
+    cancelled = started_at(own_server, finished_run(own_server, "v", "cancelled", accuracy=0.5), "100000")
+    picker = session.run_choices(request("v"))
+    assert picker["choices"] == [("a, b · resnet18 full · val 50% · 10:00 (cancelled)", cancelled),
+                                 ("a, b · resnet18 full · val 90% · 09:00", older)]
+    assert picker["value"] == older and session.newest_run(request("v")) == cancelled
+    own_server.delete_run("v", older)
+    assert session.run_choices(request("v"))["value"] == cancelled  # a cancelled run when there is nothing else
+    training = finished_run(own_server, "v")
+    (own_server.find(training) / "metrics.json").unlink()  # still training: no model to classify with yet
+    assert session.run_choices(request("v"))["value"] == cancelled
+    own_server.delete_run("v", cancelled)
+    assert session.run_choices(request("v"))["value"] is None
+    own_server.delete_run("v", training)
+    assert session.newest_run(request("v")) == ""  # not the page's initial None: a page load refreshes the pickers
+
+
+def test_classify_tab_without_runs_or_imagenet_weights_says_what_to_do(own_server):
+    from models.backbones import imagenet_cache_path
+
+    source, run_picker, onnx_file, message = classify.available_models(request("newcomer"))
+    assert source["value"] == classify.ONNX_FILE and onnx_file["visible"] and not run_picker["visible"]
+    assert source["choices"] == [("A run trained here (none yet)", classify.RUN), (classify.ONNX_FILE, classify.ONNX_FILE),
+                                 ("ImageNet ResNet-18 (not available here)", classify.IMAGENET_MODEL)]
+    advice = ("**No model is ready yet.** Train one in the **Fine-tune** tab (its sample photos are ready to use), "
+              "or upload an .onnx file made by this app.\n\nThe ImageNet ResNet-18 is not available here: this server "
+              "has no copy of its weights (torchvision downloads them once, when the server is online).")
+    weights = imagenet_cache_path("resnet18")
+    assert message == f"{advice} To use it offline, copy `{weights.name}` into `{weights.parent}`, then reload this page."
+    elsewhere = SimpleNamespace(session_hash="newcomer", client=SimpleNamespace(host="203.0.113.9"))
+    assert classify.available_models(elsewhere)[3] == advice  # a visitor from elsewhere sees no server path
+    assert not session.MODELS.imagenet_path.exists()  # deciding started no export
+
+
+def test_classify_tab_starts_with_the_visitors_run_else_imagenet_when_it_can_be_loaded(own_server):
+    from models.backbones import imagenet_cache_path
+    from test_run_store import finished_run
+
+    cached = imagenet_cache_path("resnet18")
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"the checkpoint")  # only its presence counts: nothing is loaded to decide
+    source, run_picker, _, message = classify.available_models(request("v"))
+    assert source["value"] == classify.IMAGENET_MODEL and not run_picker["visible"]
+    assert source["choices"][2] == (classify.IMAGENET_MODEL, classify.IMAGENET_MODEL)  # no "(not available here)"
+    assert message == ("No run of yours yet: train one in the **Fine-tune** tab, or upload an .onnx file made by this "
+                       "app. The ImageNet ResNet-18 (1,000 everyday classes) is ready.")
+    run_id = finished_run(own_server, "v")
+    source, run_picker, onnx_file, message = classify.available_models(request("v"))
+    assert source["value"] == classify.RUN and run_picker["visible"] and not onnx_file["visible"]
+    assert run_picker["value"] == run_id and message.startswith("You have 1 run (newest first); an .onnx file")
+    cached.unlink()
+    session.MODELS.imagenet_path.write_bytes(b"exported")  # an export made earlier serves without the weights
+    assert classify.imagenet_available()
 
 
 def test_classify_endpoint_through_gradio_client(client, trained):
@@ -388,7 +581,7 @@ def test_closing_the_page_mid_training_stops_that_training(tmp_path):
                                    *NO_CLASSES)
     generator = finetune.train_model(request("closed-tab"), state, *form(epochs=200))
     for output in generator:
-        if isinstance(output[1], pd.DataFrame):
+        if isinstance(dict(zip(finetune.TRAIN_OUTPUTS, output))["epoch_table"], pd.DataFrame):  # an epoch has ended
             break
     generator.close()  # what Gradio does when the browser goes away
     deadline = time.time() + 60

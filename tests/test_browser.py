@@ -5,6 +5,7 @@ a missing browser fails instead. Each journey saves a screenshot under test-outp
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -216,14 +217,52 @@ def test_a_long_per_batch_curve_draws_quickly_from_a_few_thousand_points(page):
     wait_for_text(page, "#sched-message", "Drawn from")
 
 
-def test_finetune_journey_upload_check_train_and_see_results(page, tmp_path):
+# Every text the fine-tune tab's status line showed, recorded in the page (a phase lasts a second or two).
+RECORD_STATUS = """() => {
+    window.statusSeen = [];
+    const status = document.querySelector('#ft-status');
+    const record = () => {
+        const text = (status.querySelector('[data-testid="markdown"]') || {innerText: ''}).innerText.trim();
+        if (text && window.statusSeen.at(-1) !== text) window.statusSeen.push(text);
+    };
+    new MutationObserver(record).observe(status, {subtree: true, childList: true, characterData: true});
+}"""
+# A plotly chart in a gr.Plot with something drawn in it: a line, or (one epoch) its markers.
+CHART_DRAWN = """id => {
+    const chart = document.querySelector(`#${id} .js-plotly-plot`);
+    if (!chart) return false;
+    const lines = [...chart.querySelectorAll('.scatterlayer path.js-line')].filter(p => (p.getAttribute('d') || '').length > 10);
+    return lines.length > 0 || chart.querySelectorAll('.scatterlayer path.point').length > 0;
+}"""
+RESULTS = ("#ft-epoch-table", "#ft-loss-plot", "#ft-acc-plot", "#ft-lr-plot", "#ft-metrics", "#ft-per-class", "#ft-confusion",
+           "#ft-download")
+
+
+def status_text(page) -> str:
+    return text_of(page, '#ft-status [data-testid="markdown"]')
+
+
+def charts_drawn(page, *ids: str) -> None:
+    for elem_id in ids:
+        page.wait_for_function(CHART_DRAWN, arg=elem_id)
+
+
+def visible(page, selector: str) -> bool:
+    return page.locator(selector).is_visible()
+
+
+def test_finetune_journey_upload_check_train_and_see_each_phase_and_the_results(page, tmp_path):
     small_training_settings(page, epochs=2)
+    # Before anything happens: no empty results areas, and nothing to cancel.
+    assert not any(visible(page, selector) for selector in RESULTS)
+    assert page.locator("#ft-train").is_enabled() and not page.locator("#ft-cancel").is_enabled()
     check_folder(page, ASSETS / "sample", tmp_path)
     report = text_of(page, "#ft-report")
     assert "hotdog" in report and "not_hotdog" in report
-    # The per-class upload, Teachable-Machine style.
+    # The per-class upload, Teachable-Machine style: its buttons are buttons.
     write_photos(tmp_path, per_class=4)
     choose(page, "ft-source", "Photos per class")
+    assert page.get_by_role("button", name="+ Add a class").is_visible()
     for i, name in enumerate(("red", "blue")):
         page.locator(f"#ft-class-{i} textarea, #ft-class-{i} input").first.fill(f"{name} things")
         page.locator(f"#ft-class-files-{i} input[type=file]").set_input_files(
@@ -231,33 +270,137 @@ def test_finetune_journey_upload_check_train_and_see_results(page, tmp_path):
     page.locator("#ft-class-files-1").filter(has_text="blue_03").wait_for()
     page.locator("#ft-check").click()
     wait_for_text(page, "#ft-report", "red things")
+    page.evaluate(RECORD_STATUS)
     page.locator("#ft-train").click()
-    wait_for_text(page, "#ft-status", "finished")
+    page.wait_for_function("() => document.querySelector('#ft-train').disabled")  # no second training meanwhile
+    assert page.locator("#ft-cancel").is_enabled()
+    wait_for_text(page, "#ft-status", "Training finished")
+    assert re.fullmatch(r"Training finished after 2 of 2 epochs; the best model \(epoch [12], validation accuracy "
+                        r"\d+\.\d%\) is kept as run \d{8}-\d{6}-[0-9a-f]{8}\.", status_text(page)), status_text(page)
+    seen = page.evaluate("() => window.statusSeen")
+    assert seen[0].startswith("Queued. Trainings and LR sweeps run one at a time on this server")
+    assert any(re.fullmatch(r"Training done: 2 epochs\. Evaluating the best model \(epoch [12]\) on \d+ validation photos", s)
+               for s in seen), seen
+    assert any(s.startswith("Exporting to ONNX, then checking that it gives PyTorch's answers on ") for s in seen), seen
+    page.wait_for_function("() => document.querySelector('#ft-cancel').disabled")  # nothing left to cancel
+    assert page.locator("#ft-train").is_enabled()
     metrics = text_of(page, "#ft-metrics")
     assert "Validation accuracy" in metrics and "ONNX export" in metrics
+    charts_drawn(page, "ft-loss-plot", "ft-acc-plot", "ft-lr-plot")
     page.locator("#ft-confusion img, #ft-confusion svg, #ft-confusion canvas").first.wait_for()
+    assert visible(page, "#ft-download")
 
 
-def test_cancel_journey_stops_training_keeps_the_best_model_and_stays_responsive(page, tmp_path):
+def test_settings_show_only_what_applies_and_the_studio_schedule_says_what_it_changed(page):
+    page.get_by_role("tab", name="Learning-rate schedules").click()
+    pick(page, "#sched-scheduler", "StepLR")
+    set_field(page, "param-StepLR-step_size", 5)
+    wait_for_text(page, "#sched-code", "step_size=5")
+    page.get_by_role("tab", name="Fine-tune").click()
+    # linear-probe and SGD (the defaults): no finetune-only fields; momentum under "More settings".
+    assert not visible(page, "#ft-head-epochs") and not visible(page, "#ft-head-lr-mult")
+    choose(page, "ft-strategy", "finetune")
+    page.locator("#ft-head-epochs").wait_for()
+    assert visible(page, "#ft-head-lr-mult")
+    page.get_by_text("More settings: momentum, weight decay, label smoothing").click()
+    page.locator("#ft-momentum").wait_for()
+    choose(page, "ft-optimizer", "adamw")
+    page.locator("#ft-momentum").wait_for(state="hidden")
+    assert not visible(page, "#ft-nesterov")
+    # The scheduler's parameters are the studio's own fields, only the chosen scheduler's.
+    assert visible(page, "#ft-param-CosineAnnealingLR-T_max") and not visible(page, "#ft-param-StepLR-step_size")
+    page.locator("#ft-take-schedule").click()
+    wait_for_text(page, "#ft-take-schedule-message", "Took the studio's schedule")
+    assert text_of(page, "#ft-take-schedule-message") == (
+        "Took the studio's schedule: LR scheduler CosineAnnealingLR → StepLR; Learning rate 0.01 → 0.1; "
+        "Epochs 10 → 30; step_size blank → 5. Blank parameters are derived from the run; steps per epoch come "
+        "from your photos.")
+    page.locator("#ft-param-StepLR-step_size").wait_for()
+    assert not visible(page, "#ft-param-CosineAnnealingLR-T_max")
+    assert page.locator("#ft-param-StepLR-step_size textarea, #ft-param-StepLR-step_size input").first.input_value() == "5"
+    assert page.locator("#ft-epochs input").input_value() == "30"
+
+
+def test_the_lr_finder_draws_its_sweep_and_its_suggestion_goes_into_the_form(page):
+    small_training_settings(page, epochs=1)
+    page.locator("#ft-check").click()  # the sample photos
+    wait_for_text(page, "#ft-report", "hotdog")
+    page.get_by_text("3. Learning-rate finder", exact=True).click()
+    assert not visible(page, "#ft-finder-plot") and not page.locator("#ft-use-lr").is_enabled()
+    page.locator("#ft-find-lr").click()
+    page.wait_for_function("() => /^(Suggested LR|No clear answer)/.test("
+                           "document.querySelector('#ft-finder-message').innerText.trim())")
+    said = text_of(page, "#ft-finder-message")
+    charts_drawn(page, "ft-finder-plot")
+    suggested = page.evaluate("() => document.querySelector('#ft-finder-plot .js-plotly-plot').data[1].x[0]")
+    assert f"{suggested:.1e}" in said or f"{suggested:.2e}" in said, said
+    page.locator("#ft-use-lr").click()
+    page.wait_for_function("lr => Number(document.querySelector('#ft-lr input').value) === lr", arg=suggested)
+    page.wait_for_function("() => document.querySelector('#ft-cancel').disabled")  # the sweep is over
+
+
+def test_cancel_journey_says_cancelled_keeps_the_best_model_and_a_waiting_page_sees_its_place(page, browser, url, tmp_path):
     small_training_settings(page, epochs=200)
     check_folder(page, write_photos(tmp_path / "photos"), tmp_path)
     page.locator("#ft-train").click()
     wait_for_text(page, "#ft-status", "Epoch 1/200")
+    # A second visitor presses Train meanwhile: they see that they wait, and their place.
+    other = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
+    other.set_default_timeout(TIMEOUT_MS)
+    other.goto(url)
+    other.get_by_role("tab", name="Fine-tune").click()
+    other.locator("#ft-train").click()
+    wait_for_text(other, "#ft-progress", "queue: 1/1")
+    assert status_text(other).startswith("Queued. Trainings and LR sweeps run one at a time on this server")
+    other.locator("#ft-cancel").click()
+    wait_for_text(other, "#ft-status", "Cancelled: it leaves the queue without training.")
     page.locator("#ft-cancel").click()
-    wait_for_text(page, "#ft-metrics", "Stopped: cancelled; the best model so far was kept")
+    wait_for_text(page, "#ft-status", "is kept as run")
+    assert re.fullmatch(r"Training cancelled after \d+ of 200 epochs; the best model \(epoch \d+, validation accuracy "
+                        r"\d+\.\d%\) is kept as run \S+\.", status_text(page)), status_text(page)
+    wait_for_text(page, "#ft-metrics", "Cancelled: the best model so far was kept.")
+    # The waiting page's turn came: it ends at once, saying so, and trains nothing.
+    wait_for_text(other, "#ft-status", "Cancelled while it waited in the queue; nothing was trained.")
+    assert not visible(other, "#ft-epoch-table")
+    other.context.close()
     page.get_by_role("tab", name="Learning-rate schedules").click()
     pick(page, "#sched-scheduler", "ExponentialLR")
     wait_for_text(page, "#sched-message", "LR from 0.1 to")
 
 
-def test_classify_journey_with_the_model_just_trained(page, tmp_path):
+def test_classify_journey_from_a_fresh_page_to_the_model_just_trained(page, tmp_path, monkeypatch):
+    from models.backbones import imagenet_cache_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # offline: no ImageNet weights (the app runs in-process)
+    page.reload()
+    page.get_by_role("tab", name="Classify").click()
+    # Before any click: what there is, and what to do.
+    wait_for_text(page, "#clf-models", "No model is ready yet.")
+    weights = imagenet_cache_path("resnet18")
+    imagenet = ("The ImageNet ResNet-18 is not available here: this server has no copy of its weights (torchvision "
+                f"downloads them once, when the server is online). To use it offline, copy {weights.name} into "
+                f"{weights.parent}, then reload this page.")
+    assert text_of(page, "#clf-models") == ("No model is ready yet. Train one in the Fine-tune tab (its sample photos "
+                                            f"are ready to use), or upload an .onnx file made by this app.\n\n{imagenet}")
+    assert page.locator("#clf-source label").all_inner_texts() == [
+        "A run trained here (none yet)", "An uploaded .onnx file", "ImageNet ResNet-18 (not available here)"]
+    assert page.locator("#clf-source").get_by_label("An uploaded .onnx file", exact=True).is_checked()
+    assert page.locator("#clf-onnx").is_visible() and not page.locator("#clf-run").is_visible()
+
     small_training_settings(page, epochs=2)
-    check_folder(page, write_photos(tmp_path / "photos"), tmp_path)
+    check_folder(page, write_photos(tmp_path / "photos"), tmp_path)  # photos.zip
     page.locator("#ft-train").click()
     wait_for_text(page, "#ft-status", "finished")
     page.get_by_role("tab", name="Classify").click()
+    wait_for_text(page, "#clf-models", "You have 1 run")
+    assert text_of(page, "#clf-models") == (
+        f"You have 1 run (newest first); an .onnx file made by this app works too.\n\n{imagenet}")
+    # The run by its name (the zip's, backbone and strategy, accuracy, time), selected, and the list opens on one click.
+    name = page.locator("#clf-run input").input_value()
+    assert re.fullmatch(r"photos · resnet18 full · val \d{1,3}% · \d\d:\d\d", name), name
     page.locator("#clf-run input").click()
-    page.get_by_role("option").first.click()
+    assert page.get_by_role("option").all_inner_texts() == [f"✓\n{name}"]  # the one run, ticked as selected
+    page.keyboard.press("Escape")
     page.locator("#clf-image input[type=file]").set_input_files(str(tmp_path / "photos" / "red" / "red_00.jpg"))
     page.locator("#clf-image img").wait_for()
     page.locator("#clf-classify").click()
@@ -266,13 +409,119 @@ def test_classify_journey_with_the_model_just_trained(page, tmp_path):
     assert all(name in labels for name in ("red", "green", "blue"))
 
 
-def test_bad_upload_shows_its_message(page, tmp_path):
+def no_popup_or_badge(page) -> bool:
+    """No toast and no red "Error" badge: a message stays where it was shown."""
+    return page.locator('[data-testid="toast-body"]').count() == 0 and page.get_by_text("Error", exact=True).count() == 0
+
+
+def test_a_bad_upload_shows_its_whole_message_in_the_report_area(page, tmp_path):
     page.get_by_role("tab", name="Fine-tune").click()
     not_a_zip = tmp_path / "photos.zip"
     not_a_zip.write_text("these are not photos")
     choose(page, "ft-source", "Zip file")
     page.locator("#ft-zip input[type=file]").set_input_files(str(not_a_zip))
-    page.locator("#ft-zip").filter(has_text="photos.zip").wait_for()
-    page.locator("#ft-check").click()
-    page.get_by_text("is not a valid .zip file").first.wait_for(timeout=30_000)
+    wait_for_text(page, "#ft-report", "Cannot use these photos")
+    report = text_of(page, "#ft-report")
+    assert report.startswith("Cannot use these photos: ") and "is not a valid .zip file" in report, report
+    page.wait_for_timeout(6_000)  # longer than a popup would have stayed
+    assert text_of(page, "#ft-report") == report and no_popup_or_badge(page)
     assert "Traceback" not in page.content()
+
+
+def test_imagenet_weights_offline_say_the_whole_message_with_the_form_s_labels(page, tmp_path, monkeypatch):
+    import socket
+    import urllib.error
+
+    import torch
+
+    from models.backbones import imagenet_cache_path
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the app runs in-process: no cached weights
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    small_training_settings(page, epochs=1)
+    choose(page, "ft-weights", "imagenet")
+    page.locator("#ft-check").click()
+    wait_for_text(page, "#ft-report", "hotdog")
+    page.locator("#ft-train").click()
+    wait_for_text(page, "#ft-status", "Training failed")
+    assert status_text(page) == (
+        "Training failed: ImageNet weights for resnet18 could not be loaded (URLError: <urlopen error [Errno -2] Name or "
+        "service not known>). Connect to the internet once so torchvision can download "
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth into the torch hub cache "
+        f"({imagenet_cache_path('resnet18')}), or copy that file there, or pass a local weights file "
+        "(“Pretrained weights: file”, .safetensors or .pth), or train from scratch with “Pretrained weights: none”.")
+    page.wait_for_timeout(6_000)
+    assert no_popup_or_badge(page) and status_text(page).startswith("Training failed: ImageNet weights")
+    assert page.locator("#ft-train").is_enabled() and not page.locator("#ft-cancel").is_enabled()
+
+
+def test_a_reloaded_page_keeps_its_runs_and_opens_the_newest_in_one_click(page, tmp_path):
+    small_training_settings(page, epochs=1)
+    page.locator("#ft-check").click()  # the sample photos
+    wait_for_text(page, "#ft-report", "hotdog")
+    page.locator("#ft-train").click()
+    wait_for_text(page, "#ft-status", "Training finished")
+    trained = status_text(page)
+    page.reload()
+    page.get_by_role("tab", name="Fine-tune").click()
+    # "5. Your runs" opens by itself with the newest run chosen; nothing else is on show.
+    page.locator("#ft-open-run").wait_for()
+    name = page.locator("#ft-own-run input").input_value()
+    assert name.startswith("sample · resnet18 full · val ")
+    assert not any(visible(page, selector) for selector in RESULTS)
+    page.get_by_role("tab", name="Classify").click()
+    page.locator("#clf-run input").click()
+    assert name in page.get_by_role("option").all_inner_texts()[0]
+    page.keyboard.press("Escape")
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.locator("#ft-open-run").click()
+    wait_for_text(page, "#ft-status", "Training finished")
+    assert status_text(page) == trained
+    assert "Validation accuracy" in text_of(page, "#ft-metrics")
+    charts_drawn(page, "ft-loss-plot", "ft-acc-plot", "ft-lr-plot")
+    page.locator("#ft-confusion img, #ft-confusion svg, #ft-confusion canvas").first.wait_for()
+    assert page.locator("#ft-epoch-table tbody tr").count() == 1 and visible(page, "#ft-download")
+
+
+# The visible controls and texts of the page that stick out of the window or overlap one another (one inside
+# the other is not overlapping: a label holds its input; nor is Gradio's floating label badge on a block's frame).
+CROWDED = """() => {
+    const shown = [...document.querySelectorAll('button, input:not([type=file]):not([type=hidden]), textarea, '
+                   + 'label:not([data-testid="block-label"]), [data-testid="block-info"], [data-testid="markdown"] p, '
+                   + 'h1, h2')].filter(e => {
+        const r = e.getBoundingClientRect(), s = getComputedStyle(e);
+        return r.width > 0 && r.height > 0 && s.visibility !== 'hidden' && s.opacity !== '0';
+    });
+    const name = e => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''} "${(e.innerText || e.value || '').slice(0, 30)}"`;
+    const problems = [];
+    if (document.documentElement.scrollWidth > innerWidth) problems.push(`page scrolls sideways: ${document.documentElement.scrollWidth}px`);
+    for (const e of shown) {
+        const r = e.getBoundingClientRect();
+        if (r.left < -1 || r.right > innerWidth + 1) problems.push(`cut: ${name(e)} ${Math.round(r.left)}..${Math.round(r.right)}`);
+    }
+    for (let i = 0; i < shown.length; i++) for (let j = i + 1; j < shown.length; j++) {
+        const a = shown[i], b = shown[j];
+        if (a.contains(b) || b.contains(a)) continue;
+        const p = a.getBoundingClientRect(), q = b.getBoundingClientRect();
+        const w = Math.min(p.right, q.right) - Math.max(p.left, q.left), h = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+        if (w > 2 && h > 2) problems.push(`overlap: ${name(a)} and ${name(b)}`);
+    }
+    return problems;
+}"""
+
+
+def test_at_phone_width_nothing_on_the_fine_tune_tab_overlaps_or_is_cut(page):
+    page.get_by_role("tab", name="Fine-tune").click()  # at phone width the tabs fold into a menu
+    page.set_viewport_size({"width": 390, "height": 844})
+    for section in ("3. Learning-rate finder", "5. Your runs"):
+        page.get_by_text(section, exact=True).click()
+    page.get_by_text("More settings: momentum, weight decay, label smoothing").click()
+    choose(page, "ft-source", "Photos per class")
+    choose(page, "ft-strategy", "finetune")
+    page.locator("#ft-head-epochs").wait_for()
+    page.wait_for_timeout(500)
+    assert page.evaluate(CROWDED) == []

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -43,7 +44,8 @@ def test_an_old_run_folder_reads_back_into_typed_configs(old_run):
     assert RunConfig.from_dict(json.loads((old_run / "config.json").read_text())) == config
     assert [h["epoch"] for h in folder.read_history()] == [1, 2]
     assert folder.read_metrics()["val"]["count"] == 3 and folder.is_finished()
-    assert folder.summary() == "resnet18 full, 3 classes, val acc 100.0%"
+    # Its report has no source name and its root is the zip's extraction folder: the class names stand in.
+    assert folder.summary() == "blue, green, red · resnet18 full · val 100%" and folder.ending() is None
 
 
 def test_an_old_run_folder_exports_from_its_own_photos_and_classifies(old_run):
@@ -61,7 +63,11 @@ def test_an_old_run_folder_exports_from_its_own_photos_and_classifies(old_run):
 
 def test_an_old_run_is_listed_and_found_by_its_store(old_run):
     store = RunStore(old_run.parent.parent)
-    assert [r.run_id for r in store.runs("visitor")] == [old_run.name]
+    (info,) = store.runs("visitor")
+    assert info.run_id == old_run.name and info.finished_normally
+    started = time.mktime((2026, 11, 30, 8, 39, 0, 0, 0, -1))  # its id: 20261130-083900-...
+    assert info.name(now=started + 3600) == "blue, green, red · resnet18 full · val 100% · 08:39"
+    assert info.name(now=started + 2 * 86400) == "blue, green, red · resnet18 full · val 100% · Nov 30 08:39"
     assert store.find(old_run.name) == old_run.resolve()
 
 

@@ -14,6 +14,7 @@ from torchvision.models import resnet18
 from conftest import tiny_config, write_photos, zip_folder
 from models.backbones import WeightsUnavailable, create_model, imagenet_cache_path, preprocessing_for
 from models.preprocess import load_rgb
+from models.run_folder import RunFolder
 from trainer.config import ConfigError, RunConfig, ScheduleConfig
 from trainer.lr_finder import lr_find, valley
 from trainer.train import fit
@@ -34,7 +35,10 @@ def test_each_strategy_trains_a_model_that_beats_chance(photos, tmp_path, strate
     assert result.metrics["val"]["accuracy"] > CHANCE
     assert [h.epoch for h in result.history] == list(range(1, len(result.history) + 1))
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert {"config.json", "metrics.json", "history.json", "data_report.json", "model.safetensors"} <= files
+    assert {"config.json", "metrics.json", "history.json", "data_report.json", "predictions.json",
+            "model.safetensors"} <= files
+    kept = RunFolder(tmp_path / "run").read_predictions()  # what reopening the run shows as its mistakes
+    assert [p[0] for p in kept["val"]] == [p[0] for p in result.predictions["val"]]
 
 
 def test_finetune_freezes_the_backbone_for_head_epochs_then_uses_the_head_lr_multiplier(photos, tmp_path):
@@ -196,7 +200,7 @@ def test_lr_finder_sweeps_exponentially_and_suggests_an_lr_inside_the_sweep(phot
     assert np.allclose(ratios, ratios[0])
     assert result.lr[0] <= result.suggested_lr <= result.lr[-1]
     assert "valley" in result.rule
-    assert set(result.to_dict()) == {"lr", "loss", "suggested_lr", "rule"}
+    assert set(result.to_dict()) == {"lr", "loss", "suggested_lr", "rule", "clear"}
 
 
 def test_lr_finder_stops_when_the_loss_diverges(photos):

@@ -82,7 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     finder.add_argument("--iterations", type=int, default=100)
     finder.add_argument("--start-lr", type=float, default=1e-7)
     finder.add_argument("--end-lr", type=float, default=10.0)
-    finder.add_argument("--json", action="store_true", help='print {"lr", "loss", "suggested_lr", "rule"}')
+    finder.add_argument("--json", action="store_true", help='print {"lr", "loss", "suggested_lr", "rule", "clear"}')
     return parser
 
 
@@ -170,6 +170,9 @@ def run_lr_find(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
+        if not result.clear:
+            print("the loss hardly fell anywhere in the sweep: the suggestion below is a guess; "
+                  "try more iterations, another strategy, or check the photos")
         print(f"suggested lr {result.suggested_lr:.3g} ({result.rule}); swept {len(result.lr)} steps "
               f"from {result.lr[0]:.1e} to {result.lr[-1]:.1e}")
     return 0

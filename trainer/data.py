@@ -612,6 +612,7 @@ def open_dataset(
 
     report = {
         "root": str(root),
+        "source": source.name,  # the zip or folder as the person named it: how they recognise the run
         "layout": layout,
         "labels": labels,
         "counts": counts,

@@ -19,6 +19,7 @@ from trainer.task import build_task, load_data
 SMOOTHING = 0.98  # exponential moving average of the loss, debiased, as fastai smooths it
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its best value
 RULE = "valley: the middle of the longest stretch where the smoothed loss keeps falling (fastai's default)"
+CLEAR_DROP = 0.1  # below this relative fall of the smoothed loss, the sweep shows no LR that learns faster
 
 
 @dataclass
@@ -27,9 +28,16 @@ class LRFinderResult:
     loss: list[float]  # smoothed loss at each LR
     suggested_lr: float
     rule: str = RULE
+    clear: bool = True  # False: the loss hardly fell anywhere (flat, then diverging), so the suggestion is a guess
 
     def to_dict(self) -> dict:
-        return {"lr": self.lr, "loss": self.loss, "suggested_lr": self.suggested_lr, "rule": self.rule}
+        return {"lr": self.lr, "loss": self.loss, "suggested_lr": self.suggested_lr, "rule": self.rule,
+                "clear": self.clear}
+
+
+def falls_clearly(losses: list[float]) -> bool:
+    """Whether the smoothed loss falls by CLEAR_DROP of its start somewhere in the sweep."""
+    return losses[0] > 0 and (losses[0] - min(losses)) / losses[0] >= CLEAR_DROP
 
 
 def valley(lrs: list[float], losses: list[float]) -> float:
@@ -110,4 +118,4 @@ def lr_find(
             break
     if len(lrs) < 3:
         raise ValueError("The loss diverged at once; lower start_lr")
-    return LRFinderResult(lrs, losses, valley(lrs, losses))
+    return LRFinderResult(lrs, losses, valley(lrs, losses), clear=falls_clearly(losses))

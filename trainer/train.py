@@ -206,10 +206,25 @@ def _fit(data, config: TrainConfig, run: RunFolder, on_batch, on_epoch, should_s
 
     if best_state is not None:
         task.module.load_state_dict(best_state)
+    log(_evaluating(stopped, history, best_epoch, config, data))
     result = _finish(run, model, task, data, labels, history, best_epoch, stopped, eval_criterion, device, autocast)
     if export:
         _export(run, model, run_config, data, result, log)
     return result
+
+
+# How a training that did not run every epoch ended (FitResult.stopped), in words: the log's and the app's.
+STOPPED_WORDS = {"cancelled": "cancelled", "time limit": "stopped at the time limit",
+                "early-stopping": "stopped early (no better validation accuracy)"}
+
+
+def _evaluating(stopped: str | None, history: list[EpochStats], best_epoch: int, config: TrainConfig, data) -> str:
+    """The log line once the epochs are over: how training ended (the seconds after it are evaluation and export)."""
+    counted = len(history) if not stopped else config.epochs  # "done: 1 epoch", "cancelled after 1 of 2 epochs"
+    ended = f"{STOPPED_WORDS[stopped]} after {len(history)} of {counted}" if stopped else f"done: {counted}"
+    model = f"the best model (epoch {best_epoch})" if best_epoch else "the model as it is"
+    photos = f"{len(data.val)} validation" + (f" and {len(data.test)} test" if data.test else "")
+    return f"Training {ended} epoch{'s' if counted != 1 else ''}. Evaluating {model} on {photos} photos"
 
 
 def _finish(run: RunFolder, model, task, data, labels, history, best_epoch, stopped, criterion, device, autocast) -> FitResult:
@@ -232,6 +247,7 @@ def _finish(run: RunFolder, model, task, data, labels, history, best_epoch, stop
              for k, v in model.state_dict().items()}
     replace_file(run.weights, lambda tmp: save_file(state, str(tmp)))
     run.write_history([vars(h) for h in history])
+    run.write_predictions(predictions)
     run.write_metrics(metrics)
     return FitResult(run.path, labels, metrics, history, stopped, predictions)
 
@@ -240,6 +256,7 @@ def _export(run: RunFolder, model: nn.Module, run_config: RunConfig, data: Datas
     """Every finished training ships model.onnx, exported from the model in memory; a failed check is recorded."""
     from models.export import ExportError, export_model
 
+    log(f"Exporting to ONNX, then checking that it gives PyTorch's answers on {len(data.val)} validation photos")
     inputs, targets = eval_inputs(data.val, run_config.preprocessing)
     try:
         result.metrics["export"] = export_model(model, run_config.to_record(), run.path, inputs, targets,

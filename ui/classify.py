@@ -9,11 +9,12 @@ import pandas as pd
 from gradio import processing_utils
 
 from models.runtime import ModelLoadError
-from models.serving import IMAGENET
+from models.serving import IMAGENET, IMAGENET_ARCH
 from ui import EXAMPLES, session
 from ui.errors import user_errors
 
 MODEL_SOURCES = ("A run trained here", "An uploaded .onnx file", "ImageNet ResNet-18")
+RUN, ONNX_FILE, IMAGENET_MODEL = MODEL_SOURCES
 
 
 class PhotoFile(gr.Image):
@@ -43,9 +44,9 @@ def _photo_answer(results: list[dict], photo: str) -> list[dict]:
 
 
 def _ref_from_tab(source: str, run_id: str | None, onnx_file: str | None) -> str:
-    if source == "An uploaded .onnx file":
+    if source == ONNX_FILE:
         return onnx_file or ""
-    return IMAGENET if source == "ImageNet ResNet-18" else (run_id or "")
+    return IMAGENET if source == IMAGENET_MODEL else (run_id or "")
 
 
 def classify_photo(image: str | None, source: str, run_id: str | None, onnx_file: str | None, top_k: int):
@@ -97,20 +98,71 @@ def prepare_imagenet() -> None:
         print(f"The ImageNet classifier is not available yet: {exc}", flush=True)
 
 
+def imagenet_available() -> bool:
+    """Whether the ImageNet classifier can be served here: exported already, or its weights are in torch's cache.
+
+    Decided from the files alone: a page handler never starts an export or a download.
+    """
+    from models.backbones import imagenet_cache_path
+
+    return session.MODELS.imagenet_path.is_file() or imagenet_cache_path(IMAGENET_ARCH).is_file()
+
+
+def models_message(runs: int, imagenet: bool, local: bool) -> str:
+    """Which models there are, and what to do when there is none (`local`: the person runs this server)."""
+    if runs:
+        yours = f"You have {runs} run{'s' if runs > 1 else ''} (newest first); an .onnx file made by this app works too."
+    elif imagenet:
+        yours = "No run of yours yet: train one in the **Fine-tune** tab, or upload an .onnx file made by this app."
+    else:
+        yours = ("**No model is ready yet.** Train one in the **Fine-tune** tab (its sample photos are ready to use), "
+                 "or upload an .onnx file made by this app.")
+    if imagenet:
+        return f"{yours} The ImageNet ResNet-18 (1,000 everyday classes) is ready."
+    missing = ("The ImageNet ResNet-18 is not available here: this server has no copy of its weights "
+               "(torchvision downloads them once, when the server is online).")
+    if local:  # the person at this machine can fix it; a visitor from elsewhere is never shown server paths
+        from models.backbones import imagenet_cache_path
+
+        weights = imagenet_cache_path(IMAGENET_ARCH)
+        missing += f" To use it offline, copy `{weights.name}` into `{weights.parent}`, then reload this page."
+    return f"{yours}\n\n{missing}"
+
+
+def available_models(request: gr.Request):
+    """Page load and every change of the visitor's runs: the model sources, the one to start with, the message.
+
+    Starts with the visitor's runs when they have one, else the ImageNet model when it can be loaded here,
+    else the .onnx upload; a source with nothing behind it says so in its label.
+    """
+    runs = session.run_choices(request)
+    count, imagenet = len(runs["choices"]), imagenet_available()
+    start = RUN if count else IMAGENET_MODEL if imagenet else ONNX_FILE
+    labels = {RUN: RUN if count else f"{RUN} (none yet)", ONNX_FILE: ONNX_FILE,
+              IMAGENET_MODEL: IMAGENET_MODEL if imagenet else f"{IMAGENET_MODEL} (not available here)"}
+    return (gr.update(choices=[(labels[s], s) for s in MODEL_SOURCES], value=start),
+            {**runs, "visible": start == RUN}, gr.update(visible=start == ONNX_FILE),
+            models_message(count, imagenet, session.is_local(request)))
+
+
 def classify_tab(runs_changed: gr.State) -> None:
     gr.Markdown("Classify photos with an exported ONNX model, served by ONNX Runtime (CUDA when there is a GPU).")
+    models_md = gr.Markdown(elem_id="clf-models")
+    with gr.Row():
+        # Chosen on page load (available_models), from what this visitor and this server have.
+        source = gr.Radio(list(MODEL_SOURCES), value=None, label="Model", elem_id="clf-source")
+        # Half the page: room for a run's whole name ("food4 · resnet18 finetune · val 87% · 10:44 (cancelled)").
+        run_id = gr.Dropdown(label="Your run", choices=[], allow_custom_value=False, visible=False, elem_id="clf-run")
+        onnx_file = gr.File(label=".onnx model (made by this app)", file_types=[".onnx"], visible=False,
+                            elem_id="clf-onnx")
     with gr.Row():
         with gr.Column(scale=1):
-            source = gr.Radio(list(MODEL_SOURCES), value=MODEL_SOURCES[0], label="Model", elem_id="clf-source")
-            run_id = gr.Dropdown(label="Run trained in this session", choices=[], allow_custom_value=False, elem_id="clf-run")
-            onnx_file = gr.File(label=".onnx model (made by this app)", file_types=[".onnx"], visible=False)
-            top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
-        with gr.Column(scale=2):
             image = PhotoFile(type="filepath", sources=["upload", "webcam", "clipboard"], label="Photo", height=320,
                               elem_id="clf-image")
             classify = gr.Button("Classify", variant="primary", elem_id="clf-classify")
             gr.Examples(EXAMPLES, inputs=image, label="Example photos")
-        with gr.Column(scale=2):
+        with gr.Column(scale=1):
+            top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
             scores = gr.Label(label="Top classes", elem_id="clf-label")
             info = gr.Markdown(elem_id="clf-info")
     with gr.Accordion("Many photos at once", open=False):
@@ -121,10 +173,10 @@ def classify_tab(runs_changed: gr.State) -> None:
         gallery = gr.Gallery(columns=6, height=260)
 
     model_inputs = [source, run_id, onnx_file, top_k]
-    source.change(lambda s: (gr.update(visible=s == MODEL_SOURCES[0]), gr.update(visible=s == MODEL_SOURCES[1])),
+    source.change(lambda s: (gr.update(visible=s == RUN), gr.update(visible=s == ONNX_FILE)),
                   source, [run_id, onnx_file], queue=False)
-    runs_changed.change(session.run_choices, runs_changed, run_id)
-    run_id.focus(session.run_choices, None, run_id)
+    # On page load and after a training or a delete (session.newest_run); never on focus, which races the opening click.
+    runs_changed.change(available_models, None, [source, run_id, onnx_file, models_md], api_visibility="private")
     classify.click(classify_photo, [image, *model_inputs], [scores, info], concurrency_limit=4,
                    concurrency_id="classify", api_visibility="private")
     classify_all.click(classify_many, [many, *model_inputs], [table, gallery, many_info], concurrency_limit=4,

@@ -1,14 +1,14 @@
-"""The fine-tune tab: photos in, a data report, the settings form, the LR finder, live training, results, sharing.
+"""The fine-tune tab: photos in, a data report, the settings form, the LR finder, live training, results, your runs, sharing.
 
-The settings form is derived from `trainer.config`'s fields (`config_form`); training runs through
-`trainer.stream.fit_events`, one at a time in the "training" queue slot.
+The settings form is derived from `trainer.config`'s fields (`config_form`); the scheduler's parameters
+are the studio's own fields (`ui.schedules.scheduler_param_fields`). Training runs through
+`trainer.stream.fit_events`, one at a time in the "training" queue slot; `ui.results` draws what a run
+produced, live or reopened from its folder. A user's mistake shows next to what caused it (`ui.errors`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
 import shutil
 import threading
@@ -16,49 +16,68 @@ from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
 from models.job_slot import SlotAbandoned
-from models.metrics import confusion_figure
 from models.run_folder import RunFolder
 from trainer.config import FORM_GROUPS, ConfigError, ScheduleConfig, TrainConfig, choices_of, config_fields, default_of
 from trainer.data import DataError, Dataset, assemble_class_folders, open_dataset
+from trainer.schedules import CATALOGUE, resolve
 from trainer.stream import Done, Log, SweepDone, SweepStep, fit_events, sweep_events
 from trainer.task import Cancelled, planned_head_lr
-from trainer.train import BatchEvent, EpochStats, FitResult
-from ui import EXAMPLES, SAMPLE_PHOTOS, session
-from ui.errors import user_errors
+from trainer.train import STOPPED_WORDS, BatchEvent, EpochStats
+from ui import EXAMPLES, SAMPLE_PHOTOS, results, session
+from ui.errors import error_markdown, in_place, plain, user_errors
 from ui.limits import LIMITS
+from ui.schedules import params_from_fields, scheduler_param_fields
 
 MAX_CLASSES = 8  # class slots in the per-class upload
 SOURCES = ("Sample photos", "Zip file", "Photos per class", "Folder on this computer")
 WEIGHT_CHOICES = ("imagenet", "none", "file")  # "file": the uploaded weights file
-# The form's fields, in the order handlers receive their values: every config field given a form row.
+# The form's fields, every config field given a form row; the handlers receive FORM_INPUTS' values in this
+# order, then those of the scheduler parameter fields (PARAM_KEYS), which stand for `params`.
 FORM_FIELDS = tuple(f.name for f in config_fields(TrainConfig) if f.metadata.get("group"))
-SCHEDULE_FIELDS = tuple(f.name for f in config_fields(ScheduleConfig) if f.name in FORM_FIELDS)
-GROUP_TITLES = {"more": "More settings: momentum, weight decay, label smoothing"}
+FORM_INPUTS = tuple(name for name in FORM_FIELDS if name != "params")
+PARAM_KEYS = tuple((name, param.name) for name, info in CATALOGUE.items() for param in info.params)
+SCHEDULE_INPUTS = tuple(f.name for f in config_fields(ScheduleConfig) if f.name in FORM_INPUTS)
+GROUP_TITLES = {"model": "Model", "run": "Training", "data": "Optimizer, data and stopping", "schedule": "Schedule",
+                "more": "More settings: momentum, weight decay, label smoothing"}
+FOLDED = ("more",)  # groups in a closed accordion under the columns
+COLUMN_WIDTH = 260  # px: narrower screens stack the groups' columns
+# Settings that matter for one choice of another setting only; hidden otherwise (they keep their values).
+SHOWN_WHEN = {"head_epochs": ("strategy", "finetune"), "head_lr_mult": ("strategy", "finetune"),
+              "momentum": ("optimizer", "sgd"), "nesterov": ("optimizer", "sgd")}
 
 
 # ---------------------------------------------------------------- the settings form
 
 
 def config_form(cls: type = TrainConfig, custom: dict | None = None) -> dict[str, gr.components.Component]:
-    """One component per form field of the config dataclass `cls`, a row per group, from each field's metadata.
+    """One component per form field of the config dataclass `cls`, from each field's metadata.
 
+    A column per group, side by side (stacked on a phone), so every field sits on its own line and
+    help texts of different lengths never push inputs out of line; FOLDED groups in accordions below.
     `custom` maps a field name to a function that builds its component(s) in place and returns the
-    one whose value is the field's.
+    one whose value is the field's (None when the handlers read the field from components of their own).
     """
     custom = custom or {}
     fields = [f for f in config_fields(cls) if f.metadata.get("group")]
+    groups = {group: [f for f in fields if f.metadata["group"] == group] for group in FORM_GROUPS}
     form = {}
-    for group in FORM_GROUPS:
-        members = [f for f in fields if f.metadata["group"] == group]
-        if not members:
-            continue
-        holder = gr.Accordion(GROUP_TITLES[group], open=False) if group in GROUP_TITLES else contextlib.nullcontext()
-        with holder, gr.Row():
-            for f in members:
-                form[f.name] = custom[f.name]() if f.name in custom else _component(f)
+
+    def build(members):
+        for f in members:
+            form[f.name] = custom[f.name]() if f.name in custom else _component(f)
+
+    with gr.Row(equal_height=False):
+        for group, members in groups.items():
+            if members and group not in FOLDED:
+                with gr.Column(min_width=COLUMN_WIDTH):
+                    gr.Markdown(f"**{GROUP_TITLES.get(group, group)}**")
+                    build(members)
+    for group in FOLDED:
+        if groups[group]:
+            with gr.Accordion(GROUP_TITLES.get(group, group), open=False), gr.Row():
+                build(groups[group])
     return form
 
 
@@ -97,12 +116,44 @@ def config_from_form(values: dict, weights_file: str | None = None, cls: type = 
     return cls.from_dict(values)
 
 
-def take_studio_schedule(current):
-    """The studio tab's schedule into the form's schedule fields."""
-    if not current:
-        return [gr.skip()] * len(SCHEDULE_FIELDS)
-    config = ScheduleConfig.from_dict(current).to_dict()
-    return tuple(json.dumps(config[name]) if isinstance(config[name], dict) else config[name] for name in SCHEDULE_FIELDS)
+def form_values(values) -> dict:
+    """The settings as the handlers receive them (FORM_INPUTS, then PARAM_KEYS' fields), by config field name."""
+    named = dict(zip(FORM_INPUTS, values))
+    fields = dict(zip(PARAM_KEYS, values[len(FORM_INPUTS):]))
+    return {**named, "params": params_from_fields(named["scheduler"], fields)}
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _label(key) -> str:
+    return key[1] if isinstance(key, tuple) else next(f.metadata["label"] for f in config_fields(ScheduleConfig) if f.name == key)
+
+
+def take_studio_schedule(studio: dict | None, *current):
+    """'Use the studio's schedule': its scheduler, parameters, LR, epochs, warm-up and stepping into the form,
+    and a line saying what that changed. `current`: the form's SCHEDULE_INPUTS, then its PARAM_KEYS fields."""
+    keys = SCHEDULE_INPUTS + PARAM_KEYS
+    if not studio:
+        return *[gr.skip()] * len(keys), "Nothing to take yet: draw a schedule in the Learning-rate schedules tab first."
+    config = ScheduleConfig.from_dict(studio)
+    before = dict(zip(keys, current))
+    after = {name: getattr(config, name) for name in SCHEDULE_INPUTS}
+    after.update({key: config.params.get(key[1]) for key in PARAM_KEYS if key[0] == config.scheduler})
+    changed = [f"{_label(key)} {'blank' if _blank(before[key]) else before[key]} → {'blank' if _blank(value) else value}"
+               for key, value in after.items() if not (before[key] == value or _blank(before[key]) and _blank(value))]
+    said = (f"Took the studio's schedule: {'; '.join(changed)}." if changed else
+            f"The form already had the studio's schedule ({config.scheduler}).")
+    said += " Blank parameters are derived from the run; steps per epoch come from your photos."
+    return *(after.get(key, gr.skip()) for key in keys), plain(said)
+
+
+def pick_scheduler(name: str) -> list:
+    """The chosen scheduler's parameter fields shown; 'Step per' fixed for the schedulers that step one way only."""
+    info = CATALOGUE[name]
+    return [*(gr.update(visible=n == name) for n in CATALOGUE),
+            gr.update(interactive=not (info.per_batch_only or info.needs_metric))]
 
 
 # ---------------------------------------------------------------- photos
@@ -128,13 +179,16 @@ def open_photos(source: str, zip_file, folder: str, classes: dict[str, list], ke
 
 
 def report_markdown(report: dict) -> str:
+    """The data report as the page shows it: class names come from the upload, so they are shown as written
+    (and paths in code spans)."""
     labels, counts = report["labels"], report["counts"]
     lines = [f"**{len(labels)} classes**, layout: {report['layout']}, validation: {report['val_source']}.", "",
              "| class | train | val | test |", "|---|---:|---:|---:|"]
-    lines += [f"| {name} | {counts['train'][name]} | {counts['val'][name]} | {counts['test'][name]} |" for name in labels]
+    lines += [f"| {plain(name)} | {counts['train'][name]} | {counts['val'][name]} | {counts['test'][name]} |"
+              for name in labels]
     if report["imbalance"]:
-        lines += ["", f"**Imbalance:** {report['imbalance']}"]
-    lines += [f"- {warning}" for warning in report["warnings"]]
+        lines += ["", f"**Imbalance:** {plain(report['imbalance'])}"]
+    lines += [f"- {plain(warning)}" for warning in report["warnings"]]
     if report["skipped"]:
         lines += ["", f"**Skipped {len(report['skipped'])} file(s):**"]
         lines += [f"- `{item['path']}`: {item['reason']}" for item in report["skipped"][:20]]
@@ -156,8 +210,10 @@ def sample_grid(report: dict, per_class: int = 4) -> list[tuple[str, str]]:
 
 
 def pick_source(choice, request: gr.Request):
+    """The inputs of the chosen way to give photos: (zip upload, per-class rows, their buttons, folder path)."""
     local_ok = session.is_local(request)
-    return (gr.update(visible=choice == "Zip file"), gr.update(visible=choice == "Photos per class"),
+    per_class = choice == "Photos per class"
+    return (gr.update(visible=choice == "Zip file"), gr.update(visible=per_class), gr.update(visible=per_class),
             gr.update(visible=choice == "Folder on this computer" and local_ok))
 
 
@@ -167,9 +223,10 @@ def set_class_count(count: int, delta: int):
 
 
 def check_photos(request: gr.Request, choice, zip_path, folder_path, count, *class_values):
-    """Handler of 'Check photos': (data state, report markdown, sample grid).
+    """Check the photos: (data state, report markdown, sample grid), or gr.Error saying what is wrong with them.
 
-    The request comes first: Gradio fills gr.Request parameters by position, never after *args.
+    The page runs it through `in_place`, which shows the error where the report goes. The request
+    comes first: Gradio fills gr.Request parameters by position, never after *args.
     """
     names, files = class_values[:MAX_CLASSES], class_values[MAX_CLASSES:]
     classes = {names[i] or "": files[i] or [] for i in range(int(count))}
@@ -184,56 +241,38 @@ def check_photos(request: gr.Request, choice, zip_path, folder_path, count, *cla
 
 # ---------------------------------------------------------------- training and its results
 
-
-def history_frames(history: list[EpochStats]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """The per-epoch table, and the loss and accuracy curves in long form."""
-    table = pd.DataFrame([{"epoch": h.epoch, "phase": h.phase, "train loss": round(h.train_loss, 4),
-                           "train acc": round(h.train_acc, 4), "val loss": round(h.val_loss, 4),
-                           "val acc": round(h.val_acc, 4), "lr": h.lr[0] if h.lr else None,
-                           "seconds": round(h.seconds, 1)} for h in history])
-    loss = pd.DataFrame([(h.epoch, v, split) for h in history for split, v in (("train", h.train_loss), ("val", h.val_loss))],
-                        columns=["epoch", "loss", "split"])
-    acc = pd.DataFrame([(h.epoch, v, split) for h in history for split, v in (("train", h.train_acc), ("val", h.val_acc))],
-                       columns=["epoch", "accuracy", "split"])
-    return table, loss, acc
+EPOCH_OUTPUTS = ("epoch_table", "loss_plot", "acc_plot", "lr_plot")  # results.epoch_update's keys
+FINAL_OUTPUTS = ("metrics", "per_class", "confusion", "misclassified")  # results.final_update's keys
+# The outputs of Train (and of Open, which shows a run the same way); "live" and "final" are the two results areas.
+TRAIN_OUTPUTS = ("status", "live", *EPOCH_OUTPUTS, "final", *FINAL_OUTPUTS, "download", "run_id")
+QUEUED = ("**Queued.** Trainings and LR sweeps run one at a time on this server; yours starts when those before it "
+          "have ended (its place in the queue shows while it waits).")
+ENDINGS = {None: "finished", **STOPPED_WORDS}  # how a run ended (metrics.json's "stopped"), as its status line says
+_cancelled_in_queue: set[str] = set()  # visitors who pressed Cancel while their training or sweep waited
 
 
-def lr_frame(planned: list[float] | None, history: list[EpochStats]) -> pd.DataFrame:
-    """The head's LR actually used at every step, over the planned curve."""
-    rows = [(step, lr, "planned") for step, lr in enumerate(planned or [])]
-    used = [lr for h in history for lr in h.lr]
-    rows += [(step, lr, "used") for step, lr in enumerate(used)]
-    return pd.DataFrame(rows, columns=["step", "lr", "curve"])
+def _outputs(**values) -> tuple:
+    """One answer of the train handler (or of Open): named outputs set, the rest left as they are."""
+    return tuple(values.pop(name, gr.skip()) for name in TRAIN_OUTPUTS)
 
 
-def misclassified(result: FitResult, root: Path, limit: int = 24) -> list[tuple[str, str]]:
-    wrong = [p for p in result.predictions.get("val", []) if p[1] != p[2]]
-    wrong.sort(key=lambda p: -p[3])  # most confident mistakes first: the instructive ones
-    return [(str(root / rel), f"predicted {result.labels[pred]} ({conf:.0%}), true {result.labels[true]}")
-            for rel, true, pred, conf in wrong[:limit]]
+def _shown(epoch: dict, final: dict | None = None) -> dict:
+    """Output values that show a run's results: the per-epoch part, and the final part when there is one."""
+    values = {**epoch, "live": gr.update(visible=True)}
+    if final:
+        mistakes = final["misclassified"]
+        values.update(final, final=gr.update(visible=True), misclassified=gr.update(value=mistakes, visible=bool(mistakes)))
+    return values
 
 
-def metrics_markdown(result: FitResult) -> str:
-    m = result.metrics
-    lines = [f"**Validation accuracy {m['val']['accuracy']:.1%}** (loss {m['val']['loss']:.4f}, "
-             f"{m['val']['count']} photos), best epoch {m['best_epoch']} of {m['epochs_run']}."]
-    if m["test"]:
-        lines.append(f"**Test accuracy {m['test']['accuracy']:.1%}** ({m['test']['count']} photos, never used for selection).")
-    if result.stopped:
-        lines.append(f"Stopped: {result.stopped}; the best model so far was kept.")
-    export = m.get("export") or {}
-    fp32 = (export.get("variants") or {}).get("fp32")
-    if fp32:
-        lines.append(f"ONNX export: max logit difference {fp32['max_abs_logit_diff']:.1e}, "
-                     f"top-1 agreement {fp32['top1_agreement']:.1%}{'' if fp32['passed'] else ' (FAILED its check)'}.")
-    elif export.get("error"):
-        lines.append(f"ONNX export failed: {export['error']}")
-    lines.append(f"_{m['note']}_")
-    return "\n\n".join(lines)
-
-
-def per_class_frame(split_metrics: dict) -> pd.DataFrame:
-    return pd.DataFrame(split_metrics["per_class"]).round(4)
+def outcome(run_id: str, metrics: dict, epochs: int) -> str:
+    """The status line of a run that has results: how it ended, after how many epochs, and the model it kept."""
+    best, accuracy = metrics["best_epoch"], metrics["val"]["accuracy"]
+    model = (f"the best model (epoch {best}, validation accuracy {accuracy:.1%})" if best else
+             f"the model as it was (validation accuracy {accuracy:.1%})")
+    ending = ENDINGS.get(metrics.get("stopped"), metrics.get("stopped"))
+    return (f"**Training {ending}** after {metrics['epochs_run']} of {epochs} epoch{'s' if epochs != 1 else ''}; "
+            f"{model} is kept as run `{run_id}`.")
 
 
 def _data_path(data) -> str:
@@ -243,8 +282,11 @@ def _data_path(data) -> str:
 
 
 def _form_config(weights_file, values) -> TrainConfig:
+    """The form's config, its schedule checked before a run folder is made or a photo decoded."""
     with user_errors():
-        return config_from_form(dict(zip(FORM_FIELDS, values)), weights_file)
+        config = config_from_form(form_values(values), weights_file)
+        resolve(config.schedule)
+    return config
 
 
 def bounded(config: TrainConfig, request: gr.Request | None, uploaded_weights: str | None) -> TrainConfig:
@@ -274,92 +316,139 @@ def training_events(data_path: str, config: TrainConfig, key: str, stop: threadi
         raise gr.Error(f"Training stopped: the run folder could not be written ({exc.strerror or exc})") from None
 
 
+def _job_starts(request: gr.Request) -> tuple:
+    """A training or sweep joins the queue: (Train, Find, Open, Cancel). The first three wait for it (Open would
+    cover its results); Cancel works until it ends."""
+    _cancelled_in_queue.discard(session.visitor(request))
+    return gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=True)
+
+
+def train_starts(request: gr.Request) -> tuple:
+    """Train pressed: (status, progress bar, per-epoch results, final results, Train, Find, Open, Cancel); the last
+    run's results go, the bar's place (where the queue and the progress show) opens."""
+    return QUEUED, gr.update(visible=True), gr.update(visible=False), gr.update(visible=False), *_job_starts(request)
+
+
+def finder_starts(request: gr.Request) -> tuple:
+    """'Find a learning rate' pressed: (its message, its chart, 'Use the suggested LR', Train, Find, Open, Cancel)."""
+    return QUEUED, gr.update(visible=False), gr.update(interactive=False), *_job_starts(request)
+
+
+def job_ends() -> tuple:
+    """(Train, Find, Open, Cancel) once the training or sweep has ended, however it ended."""
+    return gr.update(interactive=True), gr.update(interactive=True), gr.update(interactive=True), gr.update(interactive=False)
+
+
+def train_ends() -> tuple:
+    """(Train, Find, Open, Cancel, progress bar) once the training has ended: the bar's place closes."""
+    return *job_ends(), gr.update(visible=False)
+
+
+def _left_the_queue(key: str) -> bool:
+    """Whether the visitor cancelled this job while it waited in the queue (it then ends before it starts)."""
+    if key in _cancelled_in_queue:
+        _cancelled_in_queue.discard(key)
+        return True
+    return False
+
+
 def find_lr(request: gr.Request, data, weights_file, *values):
-    """Handler of the LR finder, a generator: (plot data, message, suggested LR, enable the 'use' button)."""
-    path = _data_path(data)
+    """Handler of the LR finder, a generator: (its chart, its message, the suggested LR, the 'use' button)."""
+    def said(text):
+        return gr.skip(), text, gr.skip(), gr.skip()
+
     key = session.visitor(request)
-    config = bounded(_form_config(weights_file, values), request, weights_file)
-    session.ensure_room(key)
+    if _left_the_queue(key):
+        yield said("The LR sweep was cancelled before it started.")
+        return
+    try:
+        path = _data_path(data)
+        config = bounded(_form_config(weights_file, values), request, weights_file)
+        session.ensure_room(key)
+    except gr.Error as exc:
+        yield said(error_markdown(exc, "Cannot sweep"))
+        return
     stop = session.STOP_FLAGS.start(key)  # Cancel stops the sweep too
     try:
         with user_errors(ValueError):
             for event in sweep_events(path, config, session.fresh_upload_dir(key), stop):
                 if isinstance(event, Log):
-                    yield gr.skip(), f"_{event.message}_", gr.skip(), gr.skip()
+                    yield said(f"_{plain(event.message)}_")
                 elif isinstance(event, SweepStep):
-                    yield gr.skip(), f"_Sweeping: step {event.step + 1}, LR {event.lr:.1e}_", gr.skip(), gr.skip()
+                    yield said(f"_Sweeping: step {event.step + 1}, LR {event.lr:.1e}, smoothed loss {event.loss:.3f}_")
                 elif isinstance(event, SweepDone):
-                    result = event.result
-                    frame = pd.DataFrame({"log10 lr": [math.log10(v) for v in result.lr], "loss": result.loss})
-                    text = f"**Suggested LR: {result.suggested_lr:.2e}** (rule: {result.rule}); swept {len(result.lr)} steps."
-                    yield frame, text, result.suggested_lr, gr.update(interactive=True)
+                    figure, text = results.finder_update(event.result)
+                    yield gr.update(value=figure, visible=True), text, event.result.suggested_lr, gr.update(interactive=True)
                 else:  # a heartbeat: gives Gradio the chance to close this handler when the page has gone
-                    yield gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    yield said(gr.skip())
     except (Cancelled, SlotAbandoned):
-        yield gr.skip(), "The LR sweep was cancelled.", gr.skip(), gr.skip()
+        yield said("The LR sweep was cancelled.")
+    except gr.Error as exc:
+        yield said(error_markdown(exc, "The LR sweep stopped"))
     finally:
         session.STOP_FLAGS.finish(key, stop)
 
 
-TRAIN_OUTPUTS = ("status", "epoch_table", "loss_plot", "acc_plot", "lr_plot", "metrics", "per_class", "confusion",
-                 "misclassified", "download", "run_id")
-
-
-def _outputs(**values) -> tuple:
-    """One yield of the train handler: named outputs set, the rest left as they are."""
-    return tuple(values.pop(name, gr.skip()) for name in TRAIN_OUTPUTS)
-
-
 def train_model(request: gr.Request, data, weights_file, *values, progress=gr.Progress()):
-    """Handler of Train, a generator: streams epochs (table, curves, LR used over planned), then the results.
+    """Handler of Train, a generator: every phase in the status line, the epochs as they end (table, curves,
+    LR used over planned), then the results; a user's mistake in the status line.
 
     Gradio closes a generator handler whose page has gone (at its next yield, hence the heartbeats);
     closing it stops the training after the current batch.
     """
-    path = _data_path(data)
-    config = bounded(_form_config(weights_file, values), request, weights_file)
     key = session.visitor(request)
+    if _left_the_queue(key):
+        yield _outputs(status="**Cancelled** while it waited in the queue; nothing was trained.")
+        return
+    try:
+        path = _data_path(data)
+        config = bounded(_form_config(weights_file, values), request, weights_file)
+    except gr.Error as exc:
+        yield _outputs(status=error_markdown(exc, "Cannot train"))
+        return
     stop = session.STOP_FLAGS.start(key)
     history: list[EpochStats] = []
-    planned = None
+    planned, done = None, 0.0  # done: the share of the planned batches trained, for the progress bar
     try:
         for run_id, event in training_events(path, config, key, stop):
-            if isinstance(event, Log):
-                yield _outputs(status=f"_{event.message.splitlines()[0]}_")
+            if isinstance(event, Log):  # a phase: loading photos, computing features, evaluating, exporting
+                message = event.message.splitlines()[0]
+                progress(done, desc=message)
+                yield _outputs(status=f"_{plain(message)}_")
             elif isinstance(event, BatchEvent):
                 if planned is None:
                     planned = planned_head_lr(config, event.batches)
-                done = event.epoch * event.batches + event.batch + 1
-                progress(done / (event.batches * config.epochs),
-                         desc=f"epoch {event.epoch + 1}/{config.epochs}, loss {event.loss:.3f}")
+                done = (event.epoch * event.batches + event.batch + 1) / (event.batches * config.epochs)
+                progress(done, desc=f"epoch {event.epoch + 1}/{config.epochs}, loss {event.loss:.3f}")
             elif isinstance(event, EpochStats):
                 history.append(event)
-                table, loss, acc = history_frames(history)
-                yield _outputs(status=f"Epoch {event.epoch}/{config.epochs}: val accuracy {event.val_acc:.1%}",
-                               epoch_table=table, loss_plot=loss, acc_plot=acc, lr_plot=lr_frame(planned, history))
+                yield _outputs(status=f"Epoch {event.epoch}/{config.epochs}: validation accuracy {event.val_acc:.1%}",
+                               **_shown(results.epoch_update(history, planned)))
             elif isinstance(event, Done):
                 result = event.result
-                yield _outputs(
-                    status=f"Run `{run_id}` finished.",
-                    metrics=metrics_markdown(result),
-                    per_class=per_class_frame(result.metrics["val"]),
-                    confusion=confusion_figure([("Validation", result.metrics["val"]["confusion_matrix"])], result.labels),
-                    misclassified=misclassified(result, Path(data["report"]["root"])),
-                    download=gr.update(value=str(session.STORE.zip_run(result.run_dir)), visible=True),
-                    run_id=run_id,
-                )
+                progress(done, desc="Packing the run folder for download")
+                archive = session.STORE.zip_run(result.run_dir)
+                yield _outputs(status=outcome(run_id, result.metrics, config.epochs),
+                               **_shown(results.epoch_update(history, planned),
+                                        results.final_update(result, Path(data["report"]["root"]))),
+                               download=gr.update(value=str(archive), visible=True), run_id=run_id)
             else:  # a heartbeat: gives Gradio the chance to close this handler when the page has gone
                 yield _outputs()
     except (Cancelled, SlotAbandoned):
-        yield _outputs(status="Cancelled before the first epoch finished; nothing was kept.")
+        yield _outputs(status="**Cancelled** before the first epoch finished; nothing was kept.")
+    except gr.Error as exc:
+        yield _outputs(status=error_markdown(exc, "Training failed"))
     finally:
         session.STOP_FLAGS.finish(key, stop)
 
 
 def cancel_training(request: gr.Request = None) -> str:
-    if not session.STOP_FLAGS.stop(session.visitor(request)):
-        return "Nothing is training in this session."
-    return "Stopping after the current batch; the best model so far is kept."
+    """Handler of Cancel: the visitor's training or sweep stops after its current batch (or leaves the queue)."""
+    key = session.visitor(request)
+    if session.STOP_FLAGS.stop(key):
+        return "Stopping after the current batch; the best model so far is kept."
+    _cancelled_in_queue.add(key)  # job_starts forgets it when the next one is queued
+    return "Cancelled: it leaves the queue without training."
 
 
 def train_api(zip_path: str, config: dict, weights_file: str | None = None, request: gr.Request = None):
@@ -397,6 +486,31 @@ def train_api(zip_path: str, config: dict, weights_file: str | None = None, requ
         yield {"status": "cancelled before the first epoch finished; nothing was kept"}
     finally:
         session.STOP_FLAGS.finish(key, stop)
+
+
+# ---------------------------------------------------------------- your runs
+
+
+def open_run(run_id: str | None, request: gr.Request = None) -> tuple:
+    """Handler of 'Open': one of the visitor's runs in the results areas, as when its training ended.
+
+    Answers (the runs panel's message, *TRAIN_OUTPUTS).
+    """
+    if not run_id:
+        raise gr.Error("Choose one of your runs first", print_exception=False)
+    run = next((r for r in session.STORE.runs(session.visitor(request)) if r.run_id == run_id), None)
+    if run is None:
+        raise gr.Error("That run is not one of yours, or it has been deleted", print_exception=False)
+    folder = RunFolder(run.path)
+    if not folder.is_finished():
+        raise gr.Error("This run has no results: it is still training, or it stopped before writing them",
+                       print_exception=False)
+    shown = results.run_update(run.path)
+    epochs = TrainConfig.from_dict(folder.read_config().train).epochs
+    archive = session.STORE.zip_run(run.path)
+    return "", *_outputs(status=outcome(run_id, folder.read_metrics(), epochs),
+                         **_shown({k: shown[k] for k in EPOCH_OUTPUTS}, {k: shown[k] for k in FINAL_OUTPUTS}),
+                         download=gr.update(value=str(archive), visible=True))
 
 
 def delete_run(run_id: str | None, request: gr.Request = None) -> str:
@@ -459,19 +573,47 @@ def token_box(request: gr.Request):
 # ---------------------------------------------------------------- layout and wiring
 
 
+def _field(name: str):
+    return next(f for f in config_fields(TrainConfig) if f.name == name)
+
+
 def _weights_inputs(holder: dict):
-    """The weights field: imagenet / none / file, with the file upload beside it (kept in `holder`)."""
+    """The weights field: imagenet / none / file, with the file upload under it (kept in `holder`)."""
     def build():
-        weights = gr.Radio(list(WEIGHT_CHOICES), value=TrainConfig().weights, label="Pretrained weights", elem_id="ft-weights",
-                           info="ImageNet (torch hub cache), none (random init), or a weights file")
+        weights = gr.Radio(list(WEIGHT_CHOICES), value=TrainConfig().weights, label=_field("weights").metadata["label"],
+                           info="ImageNet (torch hub cache), none (random init), or a weights file", elem_id="ft-weights")
         holder["file"] = gr.File(label="Weights file (.safetensors or .pth)", file_types=[".safetensors", ".pth", ".pt"],
-                                 visible=False)
+                                 visible=False, elem_id="ft-weights-file")
         return weights
+    return build
+
+
+def _scheduler_inputs(holder: dict):
+    """The scheduler field, under 'Use the studio's schedule' and the line saying what that changed."""
+    def build():
+        holder["take"] = gr.Button("Use the schedule drawn in the studio tab", size="md", elem_id="ft-take-schedule")
+        holder["taken"] = gr.Markdown(elem_id="ft-take-schedule-message")
+        return _component(_field("scheduler"))
+    return build
+
+
+def _params_inputs(holder: dict):
+    """The scheduler's parameters: the studio's own fields, one group per scheduler (kept in `holder`).
+
+    A parameter torch requires, left blank, is derived from the run; its field says how.
+    """
+    def build():
+        holder["groups"], holder["params"] = scheduler_param_fields(_field("scheduler").default, id_prefix="ft-param")
+        for (scheduler, name), field in holder["params"].items():
+            param = next(p for p in CATALOGUE[scheduler].params if p.name == name)
+            if param.derive:
+                field.placeholder = f"blank: {param.derived}"
     return build
 
 
 def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     data_state = gr.State(None)  # {"path": folder to train from, "report": data report}
+    no_badge = gr.State(None)  # show_progress_on of events whose errors show in place: no "Error" badge over them
     gr.Markdown("Give photos (one folder per class), check them, pick a strategy and a schedule, and train. "
                 "Training runs one at a time; you will see your place in the queue.")
     with gr.Accordion("1. Photos", open=True):
@@ -483,48 +625,55 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
             class_rows, class_names, class_files = [], [], []
             for i in range(MAX_CLASSES):
                 with gr.Row(visible=i < 2) as row:
-                    class_names.append(gr.Textbox(label=f"Class {i + 1} name", scale=1, elem_id=f"ft-class-{i}"))
+                    class_names.append(gr.Textbox(label=f"Class {i + 1} name", scale=1, min_width=160,
+                                                  elem_id=f"ft-class-{i}"))
                     class_files.append(gr.File(label="Its photos", file_count="multiple", file_types=["image"], scale=3,
-                                               elem_id=f"ft-class-files-{i}"))
+                                               min_width=200, elem_id=f"ft-class-files-{i}"))
                 class_rows.append(row)
-            with gr.Row():
-                add_class = gr.Button("Add a class", size="sm")
-                remove_class = gr.Button("Remove the last class", size="sm")
+        with gr.Row(visible=False) as class_buttons:
+            add_class = gr.Button("+ Add a class", size="md", elem_id="ft-add-class")
+            remove_class = gr.Button("− Remove the last class", size="md", elem_id="ft-remove-class")
         folder = gr.Textbox(label="Folder on this computer", placeholder="/home/me/photos/food", visible=False)
         check = gr.Button("Check photos", variant="secondary", elem_id="ft-check")
         report_md = gr.Markdown(elem_id="ft-report")
         samples = gr.Gallery(label="Sample photos per class", columns=8, height=220, visible=False)
-    weights_holder: dict = {}
+    holder: dict = {}
     with gr.Accordion("2. Settings", open=True):
-        form = config_form(TrainConfig, custom={"weights": _weights_inputs(weights_holder)})
-        take_schedule = gr.Button("Use the schedule from the studio tab", size="sm")
-    weights_file = weights_holder["file"]
+        form = config_form(TrainConfig, custom={"weights": _weights_inputs(holder), "scheduler": _scheduler_inputs(holder),
+                                                "params": _params_inputs(holder)})
+    weights_file, param_groups, params = holder["file"], holder["groups"], holder["params"]
+    for name, (control, value) in SHOWN_WHEN.items():
+        form[name].visible = form[control].value == value
     with gr.Accordion("3. Learning-rate finder", open=False):
         gr.Markdown("An exponential LR sweep on your photos (as fastai's `lr_find`); it stops when the loss diverges.")
         with gr.Row():
-            find_button = gr.Button("Find a learning rate")
-            use_lr = gr.Button("Use the suggested LR", interactive=False)
-        finder_md = gr.Markdown()
-        finder_plot = gr.LinePlot(x="log10 lr", y="loss", title="Smoothed loss against the learning rate", height=260)
+            find_button = gr.Button("Find a learning rate", elem_id="ft-find-lr")
+            use_lr = gr.Button("Use the suggested LR", interactive=False, elem_id="ft-use-lr")
+        finder_md = gr.Markdown(elem_id="ft-finder-message")
+        finder_plot = gr.Plot(label="LR finder", show_label=False, visible=False, elem_id="ft-finder-plot")
         suggested = gr.State(None)
     with gr.Row():
-        train = gr.Button("Train", variant="primary", elem_id="ft-train")
-        cancel = gr.Button("Cancel", variant="stop", elem_id="ft-cancel")
+        train = gr.Button("Train", variant="primary", scale=4, elem_id="ft-train")
+        cancel = gr.Button("Cancel", interactive=False, scale=1, min_width=110, elem_id="ft-cancel")
     status = gr.Markdown(elem_id="ft-status")
-    epoch_table = gr.Dataframe(label="Epochs", interactive=False)
-    with gr.Row():
-        loss_plot = gr.LinePlot(x="epoch", y="loss", color="split", title="Loss", height=260)
-        acc_plot = gr.LinePlot(x="epoch", y="accuracy", color="split", title="Accuracy", height=260)
-        lr_plot = gr.LinePlot(x="step", y="lr", color="curve", title="Head LR: used over planned", height=260)
-    metrics_md = gr.Markdown(elem_id="ft-metrics")
-    with gr.Row():
-        per_class = gr.Dataframe(label="Per class (validation)", interactive=False)
-        confusion = gr.Plot(label="Confusion matrix (validation)", elem_id="ft-confusion")
-    wrong = gr.Gallery(label="Misclassified validation photos", columns=6, height=260)
-    download = gr.DownloadButton("Download the run (zip)", visible=False)
+    # Where Gradio draws the training's progress bar and, before it starts, its place in the queue.
+    progress_bar = gr.Markdown(visible=False, min_height=70, elem_id="ft-progress")
+    with gr.Column(visible=False) as live:  # shown from the first epoch on
+        epoch_table = gr.Dataframe(label="Epochs", interactive=False, elem_id="ft-epoch-table")
+        with gr.Row():
+            loss_plot = gr.Plot(label="Loss", show_label=False, min_width=320, elem_id="ft-loss-plot")
+            acc_plot = gr.Plot(label="Accuracy", show_label=False, min_width=320, elem_id="ft-acc-plot")
+            lr_plot = gr.Plot(label="Head LR: used over planned", show_label=False, min_width=320, elem_id="ft-lr-plot")
+    with gr.Column(visible=False) as final:  # shown when a training has ended
+        metrics_md = gr.Markdown(elem_id="ft-metrics")
+        with gr.Row():
+            per_class = gr.Dataframe(label="Per class (validation)", interactive=False, min_width=320, elem_id="ft-per-class")
+            confusion = gr.Plot(label="Confusion matrix (validation)", min_width=320, elem_id="ft-confusion")
+        wrong = gr.Gallery(label="The most confident mistakes (validation)", columns=6, height=260, elem_id="ft-mistakes")
+        download = gr.DownloadButton("Download the run (zip)", elem_id="ft-download")
     with gr.Accordion("4. Share: push to the Hugging Face Hub, or make a Space", open=False):
         with gr.Row():
-            share_run = gr.Dropdown(label="Run (this session)", choices=[])
+            share_run = gr.Dropdown(label="Run", choices=[])
             repo_id = gr.Textbox(label="Repository", placeholder="your-name/food-classifier")
             private = gr.Checkbox(value=False, label="Private")
         with gr.Row():
@@ -536,44 +685,75 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
             space = gr.Button("Make a Space from this run")
         share_md = gr.Markdown()
         space_zip = gr.DownloadButton("Download the Space app (zip)", visible=False)
-    with gr.Accordion("5. Your runs", open=False):
+    with gr.Accordion("5. Your runs", open=False) as runs_box:  # opened on page load when the visitor has runs
         with gr.Row():
-            own_run = gr.Dropdown(label="Run", choices=[], elem_id="ft-own-run")
-            delete = gr.Button("Delete this run", variant="stop", size="sm", elem_id="ft-delete-run")
-        delete_md = gr.Markdown(elem_id="ft-delete-message")
+            own_run = gr.Dropdown(label="Run", choices=[], scale=3, elem_id="ft-own-run")
+            open_button = gr.Button("Open", variant="primary", scale=1, min_width=100, elem_id="ft-open-run")
+            delete = gr.Button("Delete this run", variant="stop", scale=1, min_width=140, elem_id="ft-delete-run")
+        runs_md = gr.Markdown(elem_id="ft-runs-message")
 
     # -- wiring
-    settings = [weights_file, *(form[name] for name in FORM_FIELDS)]  # as the handlers zip them with FORM_FIELDS
-    source.change(pick_source, source, [zip_file, per_class_box, folder], queue=False)
+    settings = [weights_file, *(form[name] for name in FORM_INPUTS), *(params[key] for key in PARAM_KEYS)]
+    schedule_fields = [*(form[name] for name in SCHEDULE_INPUTS), *(params[key] for key in PARAM_KEYS)]
+    source.change(pick_source, source, [zip_file, per_class_box, class_buttons, folder], queue=False)
     form["weights"].change(lambda w: gr.update(visible=w == "file"), form["weights"], weights_file, queue=False)
+    for control in {control for control, _ in SHOWN_WHEN.values()}:
+        shown = [name for name, (c, _) in SHOWN_WHEN.items() if c == control]
+        form[control].change(lambda value, shown=shown: [gr.update(visible=value == SHOWN_WHEN[n][1]) for n in shown],
+                             form[control], [form[n] for n in shown], queue=False, api_visibility="private")
+    form["scheduler"].change(pick_scheduler, form["scheduler"], [*param_groups.values(), form["step_per"]], queue=False,
+                             api_visibility="private")
     add_class.click(lambda c: set_class_count(c, 1), class_count, [class_count, *class_rows], queue=False)
     remove_class.click(lambda c: set_class_count(c, -1), class_count, [class_count, *class_rows], queue=False)
     check_inputs = [source, zip_file, folder, class_count, *class_names, *class_files]
-    check.click(check_photos, check_inputs, [data_state, report_md, samples], api_visibility="private")
+    # A failed check leaves no photos to train from: the report area says why, the grid goes.
+    check_on_page = in_place(check_photos, 3, at=1, title="Cannot use these photos", working="_Checking the photos…_",
+                             on_error={0: None, 2: gr.update(visible=False)})
+    check.click(check_on_page, check_inputs, [data_state, report_md, samples], api_visibility="private",
+                show_progress_on=[no_badge])
     # A zip is the whole dataset: its report comes as soon as it is uploaded.
-    zip_file.upload(check_photos, check_inputs, [data_state, report_md, samples], api_visibility="private")
-    take_schedule.click(take_studio_schedule, current_schedule, [form[name] for name in SCHEDULE_FIELDS], queue=False)
-    find_button.click(find_lr, [data_state, *settings], [finder_plot, finder_md, suggested, use_lr], concurrency_limit=1,
-                      concurrency_id="training", api_visibility="private")
+    zip_file.upload(check_on_page, check_inputs, [data_state, report_md, samples], api_visibility="private",
+                    show_progress_on=[no_badge])
+    holder["take"].click(take_studio_schedule, [current_schedule, *schedule_fields], [*schedule_fields, holder["taken"]],
+                         queue=False, api_visibility="private")
+
+    busy = [train, find_button, open_button, cancel]
+    find_button.click(finder_starts, None, [finder_md, finder_plot, use_lr, *busy], queue=False, api_visibility="private").then(
+        find_lr, [data_state, *settings], [finder_plot, finder_md, suggested, use_lr], concurrency_limit=1,
+        concurrency_id="training", api_visibility="private", show_progress_on=[finder_md]
+    ).then(job_ends, None, busy, queue=False, api_visibility="private")
     use_lr.click(lambda v: v, suggested, form["lr"], queue=False)
-    train_outputs = [status, epoch_table, loss_plot, acc_plot, lr_plot, metrics_md, per_class, confusion, wrong,
-                     download, runs_changed]
-    train.click(train_model, [data_state, *settings], train_outputs, concurrency_limit=1, concurrency_id="training",
-                api_visibility="private", show_progress_on=[status])
+    train_outputs = [status, live, epoch_table, loss_plot, acc_plot, lr_plot, final, metrics_md, per_class, confusion, wrong,
+                     download, runs_changed]  # as TRAIN_OUTPUTS
+    # The previous run's results go as soon as a new one is queued; its place in the queue shows in the bar's place.
+    train.click(train_starts, None, [status, progress_bar, live, final, *busy], queue=False, api_visibility="private").then(
+        train_model, [data_state, *settings], train_outputs, concurrency_limit=1, concurrency_id="training",
+        api_visibility="private", show_progress_on=[progress_bar]
+    ).then(train_ends, None, [*busy, progress_bar], queue=False, api_visibility="private")
     # Queued (so the request carries the browser session), in its own slot: it never waits behind training.
-    cancel.click(cancel_training, None, status, concurrency_id="cancel", concurrency_limit=None)
+    cancel.click(cancel_training, None, status, concurrency_id="cancel", concurrency_limit=None, show_progress="hidden")
     runs_changed.change(session.run_choices, runs_changed, share_run)
     # Undocumented endpoints: programs (and the tests) call the share panel as the page does.
     share_run.focus(session.run_choices, None, share_run, api_name="share_runs", api_visibility="undocumented")
-    push.click(push_to_hub, [share_run, repo_id, private, token], [share_md, token], api_name="push_to_hub",
-               api_visibility="undocumented")
-    space.click(make_space_for_run, [share_run, repo_id, private, token], [share_md, space_zip, token],
-                api_name="make_space", api_visibility="undocumented")
+    push.click(in_place(push_to_hub, 2, at=0, title="Cannot push", working="_Pushing to the Hub…_"),
+               [share_run, repo_id, private, token], [share_md, token], api_name="push_to_hub",
+               api_visibility="undocumented", show_progress_on=[no_badge])
+    space.click(in_place(make_space_for_run, 3, at=0, title="Cannot make the Space", working="_Writing the Space…_"),
+                [share_run, repo_id, private, token], [share_md, space_zip, token], api_name="make_space",
+                api_visibility="undocumented", show_progress_on=[no_badge])
     gr.on(None, token_box, None, token, queue=False, api_visibility="private")  # on page load
 
     runs_changed.change(session.run_choices, runs_changed, own_run)
+    # After a reload the newest run is one click away: its panel opens with it chosen.
+    runs_changed.change(lambda newest: gr.update(open=True) if newest else gr.skip(), runs_changed, runs_box, queue=False,
+                        api_visibility="private")
     own_run.focus(session.run_choices, None, own_run, api_name="own_runs", api_visibility="private")
-    delete.click(delete_run, own_run, delete_md, api_name="delete_own_run", api_visibility="private").then(
+    open_button.click(in_place(open_run, 1 + len(train_outputs), at=0, title="Cannot open this run",
+                               working="_Opening the run…_"),
+                      own_run, [runs_md, *train_outputs], api_name="open_run", api_visibility="private",
+                      show_progress_on=[no_badge])
+    delete.click(in_place(delete_run, 1, at=0, title="Cannot delete this run"), own_run, runs_md, api_name="delete_own_run",
+                 api_visibility="private", show_progress_on=[no_badge]).then(
         session.newest_run, None, runs_changed, api_visibility="private")
 
     # /train for programs: a zip and the CLI's fields as a dict; hidden components keep uploads validated.

@@ -67,8 +67,8 @@ def thin_curve(lrs, max_points: int = MAX_POINTS) -> tuple[np.ndarray, np.ndarra
     return keep, y[keep]
 
 
-def schedule_from_fields(scheduler: str, lr, epochs, steps_per_epoch, warmup_epochs, step_per, param_values: dict) -> ScheduleConfig:
-    """The studio's form values as a ScheduleConfig; blank parameter fields take their defaults."""
+def params_from_fields(scheduler: str, param_values: dict) -> dict:
+    """The scheduler's parameters from its fields ({(scheduler, name): value}); blank fields are left out (defaults)."""
     params = {}
     for param in scheduler_info(scheduler).params:
         value = param_values.get((scheduler, param.name))
@@ -77,6 +77,12 @@ def schedule_from_fields(scheduler: str, lr, epochs, steps_per_epoch, warmup_epo
         if param.kind in ("int", "optional_int") and isinstance(value, float) and value.is_integer():
             value = int(value)
         params[param.name] = value
+    return params
+
+
+def schedule_from_fields(scheduler: str, lr, epochs, steps_per_epoch, warmup_epochs, step_per, param_values: dict) -> ScheduleConfig:
+    """The studio's form values as a ScheduleConfig; blank parameter fields take their defaults."""
+    params = params_from_fields(scheduler, param_values)
     return ScheduleConfig.from_dict({"scheduler": scheduler, "lr": lr, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                                      "params": params, "warmup_epochs": warmup_epochs, "step_per": step_per})
 
@@ -247,10 +253,10 @@ def lr_curve_api(config: dict) -> dict:
     return result
 
 
-def _param_component(info, param):
+def _param_component(info, param, id_prefix: str):
     default = info.default(param)
     unit = f" ({param.unit})" if param.unit else ""
-    common = {"label": f"{param.name}{unit}", "info": param.help, "elem_id": f"param-{info.name}-{param.name}"}
+    common = {"label": f"{param.name}{unit}", "info": param.help, "elem_id": f"{id_prefix}-{info.name}-{param.name}"}
     if param.kind == "bool":
         return gr.Checkbox(value=bool(default), **common)
     if param.kind == "choice":
@@ -260,6 +266,21 @@ def _param_component(info, param):
     # Blank text takes the default; a derived one shows in the placeholder, updated with the run.
     placeholder = {"ints": "[30, 80]", "formula": "0.95 ** epoch", "optional_int": "same as step_size_up"}.get(param.kind, "")
     return gr.Textbox(value="" if default is None else str(default), placeholder=placeholder, **common)
+
+
+def scheduler_param_fields(selected: str, id_prefix: str = "param") -> tuple[dict, dict]:
+    """Every scheduler's parameter fields, a group per scheduler (only `selected`'s visible), torch's defaults filled in.
+
+    Returns ({scheduler: its group}, {(scheduler, parameter): its field}); `params_from_fields` reads the
+    fields back. `id_prefix` starts each field's elem_id, unique per page (the fine-tune form reuses them).
+    """
+    groups, fields = {}, {}
+    for name, info in CATALOGUE.items():
+        with gr.Group(visible=name == selected) as group:
+            for param in info.params:
+                fields[(name, param.name)] = _param_component(info, param, id_prefix)
+        groups[name] = group
+    return groups, fields
 
 
 def schedules_tab(current_schedule: gr.State):
@@ -281,12 +302,7 @@ def schedules_tab(current_schedule: gr.State):
             warmup = gr.Number(value=0, step=1, label="Warm-up epochs", elem_id="sched-warmup")
             step_per = gr.Radio(["epoch", "batch"], value="epoch", label="Step the scheduler per",
                                 info=step_per_help(DEFAULT_SCHEDULER, 10), elem_id="sched-step-per")
-            groups, fields = {}, {}
-            for name, info in CATALOGUE.items():
-                with gr.Group(visible=name == DEFAULT_SCHEDULER) as group:
-                    for param in info.params:
-                        fields[(name, param.name)] = _param_component(info, param)
-                groups[name] = group
+            groups, fields = scheduler_param_fields(DEFAULT_SCHEDULER)
             with gr.Accordion("Validation loss that drives ReduceLROnPlateau", visible=False) as plateau_box:
                 with gr.Row():
                     loss_start = gr.Number(value=shape.start, label="loss start")

@@ -172,17 +172,25 @@ class StopFlags:
 STOP_FLAGS = StopFlags()
 
 
-def newest_run(request: gr.Request = None) -> str | None:
-    """The id of the visitor's newest run (pickers refresh when it changes), None when they have none."""
+def newest_run(request: gr.Request = None) -> str:
+    """The id of the visitor's newest run, "" when they have none; run pickers refresh when it changes.
+
+    "" differs from the page's initial None, so every page load refreshes them (the Classify tab says what to do).
+    """
     runs = STORE.runs(visitor(request))
-    return runs[0].run_id if runs else None
+    return runs[0].run_id if runs else ""
 
 
 def run_choices(request: gr.Request = None, newest: str | None = None):
-    """The visitor's runs for a picker, newest first (or `newest` selected)."""
+    """The visitor's runs for a picker: named for a person, valued by run id, newest first.
+
+    Selected: the newest run that finished normally, else the newest stopped one (cancelled, time limit)
+    that has a model; never an unfinished one. `newest` is the refresh's trigger (newest_run's value).
+    """
     runs = STORE.runs(visitor(request))
-    choices = [(f"{r.run_id}: {r.summary}", r.run_id) for r in runs]
-    return gr.update(choices=choices, value=newest or (choices[0][1] if choices else None))
+    chosen = (next((r for r in runs if r.finished_normally), None)
+              or next((r for r in runs if r.ending != "unfinished"), None))
+    return gr.update(choices=[(r.name(), r.run_id) for r in runs], value=chosen and chosen.run_id)
 
 
 # ---------------------------------------------------------------- whose Hub account a push acts as
