@@ -148,12 +148,12 @@ def available_models(request: gr.Request):
 def classify_tab(runs_changed: gr.State) -> None:
     gr.Markdown("Classify photos with an exported ONNX model, served by ONNX Runtime (CUDA when there is a GPU).")
     models_md = gr.Markdown(elem_id="clf-models")
-    with gr.Row():
+    with gr.Row(equal_height=True):
         # Chosen on page load (available_models), from what this visitor and this server have.
         source = gr.Radio(list(MODEL_SOURCES), value=None, label="Model", elem_id="clf-source")
         # Half the page: room for a run's whole name ("food4 · resnet18 finetune · val 87% · 10:44 (cancelled)").
         run_id = gr.Dropdown(label="Your run", choices=[], allow_custom_value=False, visible=False, elem_id="clf-run")
-        onnx_file = gr.File(label=".onnx model (made by this app)", file_types=[".onnx"], visible=False,
+        onnx_file = gr.File(label=".onnx model (made by this app)", file_types=[".onnx"], visible=False, height=140,
                             elem_id="clf-onnx")
     with gr.Row():
         with gr.Column(scale=1):

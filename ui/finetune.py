@@ -248,7 +248,10 @@ TRAIN_OUTPUTS = ("status", "live", *EPOCH_OUTPUTS, "final", *FINAL_OUTPUTS, "dow
 QUEUED = ("**Queued.** Trainings and LR sweeps run one at a time on this server; yours starts when those before it "
           "have ended (its place in the queue shows while it waits).")
 ENDINGS = {None: "finished", **STOPPED_WORDS}  # how a run ended (metrics.json's "stopped"), as its status line says
-_cancelled_in_queue: set[str] = set()  # visitors who pressed Cancel while their training or sweep waited
+# Visitors who pressed Cancel while their training or sweep waited; the oldest are forgotten past a bound,
+# since a program can call Cancel from any number of sessions.
+_cancelled_in_queue: dict[str, None] = {}
+MAX_CANCELLED_REMEMBERED = 10_000
 
 
 def _outputs(**values) -> tuple:
@@ -319,7 +322,7 @@ def training_events(data_path: str, config: TrainConfig, key: str, stop: threadi
 def _job_starts(request: gr.Request) -> tuple:
     """A training or sweep joins the queue: (Train, Find, Open, Cancel). The first three wait for it (Open would
     cover its results); Cancel works until it ends."""
-    _cancelled_in_queue.discard(session.visitor(request))
+    _cancelled_in_queue.pop(session.visitor(request), None)
     return gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=True)
 
 
@@ -346,10 +349,7 @@ def train_ends() -> tuple:
 
 def _left_the_queue(key: str) -> bool:
     """Whether the visitor cancelled this job while it waited in the queue (it then ends before it starts)."""
-    if key in _cancelled_in_queue:
-        _cancelled_in_queue.discard(key)
-        return True
-    return False
+    return _cancelled_in_queue.pop(key, False) is None
 
 
 def find_lr(request: gr.Request, data, weights_file, *values):
@@ -447,7 +447,9 @@ def cancel_training(request: gr.Request = None) -> str:
     key = session.visitor(request)
     if session.STOP_FLAGS.stop(key):
         return "Stopping after the current batch; the best model so far is kept."
-    _cancelled_in_queue.add(key)  # job_starts forgets it when the next one is queued
+    _cancelled_in_queue[key] = None  # job_starts forgets it when the next one is queued
+    while len(_cancelled_in_queue) > MAX_CANCELLED_REMEMBERED:
+        del _cancelled_in_queue[next(iter(_cancelled_in_queue))]
     return "Cancelled: it leaves the queue without training."
 
 

@@ -16,12 +16,10 @@ from models.run_folder import RunFolder
 from trainer.config import RunConfig
 from trainer.lr_finder import LRFinderResult
 from trainer.task import planned_head_lr
-from trainer.train import EpochStats, FitResult
+from trainer.train import STOPPED_WORDS, EpochStats, FitResult
 
 TRAIN, VAL, PLANNED, USED = "#636efa", "#ef553b", "#b0b0b0", "#00cc96"
 MISTAKES_SHOWN = 24
-STOPPED = {"cancelled": "Cancelled", "early-stopping": "Stopped early (no better validation accuracy)",
-           "time limit": "Stopped at the time limit"}
 
 
 def _rows(history: list[EpochStats | dict]) -> list[dict]:
@@ -110,7 +108,8 @@ def metrics_markdown(metrics: dict) -> str:
         test = metrics["test"]
         lines.append(f"**Test accuracy {test['accuracy']:.1%}** ({test['count']} photos, never used for selection).")
     if metrics.get("stopped"):
-        lines.append(f"{STOPPED.get(metrics['stopped'], metrics['stopped'])}: the best model so far was kept.")
+        ended = STOPPED_WORDS.get(metrics["stopped"], metrics["stopped"])
+        lines.append(f"{ended[0].upper()}{ended[1:]}: the best model so far was kept.")
     export = metrics.get("export") or {}
     fp32 = (export.get("variants") or {}).get("fp32")
     if fp32:
