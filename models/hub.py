@@ -24,15 +24,27 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from models.run_folder import CONFIG, METRICS, ONNX_VARIANTS, WEIGHTS, RunFolder, RunFolderError, RunRecord
+from models.run_folder import (
+    CONFIG,
+    EXPERIMENT,
+    HISTORY,
+    METRICS,
+    ONNX_VARIANTS,
+    WEIGHTS,
+    RunFolder,
+    RunFolderError,
+    RunRecord,
+)
 
 logger = logging.getLogger(__name__)
 
 LICENSE = "apache-2.0"
 DATASET_NAME = "user photos"
 TAGS = ["image-classification", "onnx", "resnet", "transfer-learning", "transfer-studio"]
-# What a push uploads from the run folder, besides the files it generates (labels, card, figure).
-PUSHED_FILES = (*ONNX_VARIANTS.values(), CONFIG, METRICS, WEIGHTS)
+# What a push uploads from the run folder, besides the files it generates (labels, card, figure);
+# those the run lacks (experiment.json of a run trained on its own) are left out. The history and the
+# experiment record let a pulled run be compared with others (its curves, its series).
+PUSHED_FILES = (*ONNX_VARIANTS.values(), CONFIG, METRICS, HISTORY, EXPERIMENT, WEIGHTS)
 HF_PREFIX = "hf://"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "space_template"
 
@@ -275,6 +287,7 @@ def _card_body(name: str, repo_id: str, record: RunRecord, metrics: dict, report
         f"- `model.safetensors`: the PyTorch weights (torchvision `{arch}` with a {len(labels)}-class `fc`)",
         "- `config.json`: the training configuration; `labels.json`: the class names in output order",
         "- `metrics.json`: every evaluation figure; `confusion_matrix.png`: the image above",
+        "- `history.json`: the losses, accuracies and learning rate of every epoch",
         "",
         "## Usage",
         "",

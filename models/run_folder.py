@@ -6,6 +6,8 @@ A run folder holds what one training left behind:
     metrics.json       evaluation figures; the export adds its record under "export"
     history.json       one entry per epoch (losses, accuracies, the LR at every step)
     data_report.json   what the photo intake found, kept and skipped; "files" lists each split
+    predictions.json   each evaluated photo's true and predicted class
+    experiment.json    for an arm of an experiment: the series, its kind, this arm's name and place
     model.safetensors  the PyTorch weights
     model.onnx         the exported model (+ model.fp16.onnx, model.int8.onnx variants)
     data/              photos extracted from an uploaded zip (left out of downloads and pushes)
@@ -29,6 +31,7 @@ METRICS = "metrics.json"
 HISTORY = "history.json"
 DATA_REPORT = "data_report.json"
 PREDICTIONS = "predictions.json"  # split -> [[photo path in the report, true, predicted, confidence]]
+EXPERIMENT = "experiment.json"  # {"series", "kind", "arm", "index" (1-based), "of"}
 WEIGHTS = "model.safetensors"
 ONNX_VARIANTS = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 DATA = "data"
@@ -106,6 +109,10 @@ class RunFolder:
     def has_config(self) -> bool:
         return self.file(CONFIG).is_file()
 
+    def has_results(self) -> bool:
+        """Its configuration and figures are written: enough to compare it (a pushed run may lack the weights)."""
+        return self.has_config() and self.file(METRICS).is_file()
+
     def is_finished(self) -> bool:
         """Trained to the end (or stopped early) with its figures written."""
         return self.has_config() and self.file(METRICS).is_file() and self.weights.is_file()
@@ -140,6 +147,10 @@ class RunFolder:
     def read_predictions(self) -> dict[str, list]:
         """Each split's predictions; empty for runs written before they were kept."""
         return self.read_json(PREDICTIONS, "the predictions") if self.file(PREDICTIONS).is_file() else {}
+
+    def read_experiment(self) -> dict | None:
+        """The experiment this run is an arm of; None for a run trained on its own."""
+        return self.read_json(EXPERIMENT, "the experiment record") if self.file(EXPERIMENT).is_file() else None
 
     def read_data_report(self) -> dict:
         return self.read_json(DATA_REPORT, "the data report") if self.file(DATA_REPORT).is_file() else {}
@@ -182,6 +193,9 @@ class RunFolder:
     def write_predictions(self, predictions: dict[str, list]) -> None:
         write_json(self.file(PREDICTIONS), predictions)
 
+    def write_experiment(self, record: dict) -> None:
+        write_json(self.file(EXPERIMENT), record)
+
     def write_data_report(self, report: dict) -> None:
         write_json(self.file(DATA_REPORT), report)
 
@@ -217,9 +231,13 @@ class RunFolder:
         return self.read_metrics().get("stopped")
 
     def summary(self) -> str:
-        """What the run is, for pickers: "food4 · resnet18 finetune · val 87%" (photos, backbone and strategy, accuracy)."""
+        """What the run is, for pickers: "food4 · resnet18 finetune · val 87%" (photos, backbone and strategy, accuracy);
+        an experiment's arm says its choice after the photos: "food4 · StepLR · resnet18 full · val 80%"."""
         record = self.read_config()
         parts = [self.data_name(), f"{record.arch} {record.train.get('strategy', '')}".strip()]
+        experiment = self.read_experiment()
+        if experiment and experiment.get("arm"):  # arms of a series share the rest; their choice tells them apart
+            parts.insert(1, str(experiment["arm"]))
         accuracy = (self.read_metrics().get("val") or {}).get("accuracy") if self.file(METRICS).is_file() else None
         if accuracy is not None:
             parts.append(f"val {accuracy:.0%}")

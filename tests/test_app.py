@@ -301,9 +301,9 @@ def test_cancel_while_waiting_in_the_queue_ends_the_training_before_it_starts(tm
     (answer,) = collect(finetune.train_model(request("queued"), state, *form()))
     assert answer["status"] == "**Cancelled** while it waited in the queue; nothing was trained."
     assert session.STORE.runs("queued") == []
-    train, find, open_run, cancel = finetune.train_starts(request("queued"))[4:]  # the next Train press starts afresh
+    train, find, open_run, experiment, cancel = finetune.train_starts(request("queued"))[4:]  # the next Train press starts afresh
     assert [b["interactive"] for b in (train, find, open_run, cancel)] == [False, False, False, True]
-    assert [b["interactive"] for b in finetune.job_ends()] == [True, True, True, False]
+    assert [b["interactive"] for b in finetune.job_ends()] == [True, True, True, True, False]
 
 
 def test_studio_schedule_carries_over_and_the_form_says_what_changed():
@@ -395,6 +395,62 @@ def test_train_endpoint_through_gradio_client(client, sample_zip):
     assert result["metrics"]["val"]["count"] == 8
     run = session.STORE.find(result["run_id"])
     assert json.loads((run / "config.json").read_text())["train"]["schedule"]["epochs"] == 2
+
+
+def test_compare_endpoint_answers_a_client_s_own_runs_as_json(client, sample_zip):
+    from gradio_client import handle_file
+
+    config = {"weights": "none", "strategy": "full", "optimizer": "adamw", "epochs": 1, "image_size": 32,
+              "batch_size": 8, "augment": "none"}
+    ids = [client.predict(handle_file(sample_zip), {**config, "lr": lr}, api_name="/train")["run_id"] for lr in (1e-3, 1e-2)]
+    compared = client.predict(ids, api_name="/compare")
+    assert [run["id"] for run in compared["runs"]] == ids and [run["name"] for run in compared["runs"]] == [
+        "lr 0.001", "lr 0.01"]
+    assert compared["settings"] == [{"setting": "lr", "values": [0.001, 0.01]}]
+    assert compared["data"]["same"] is True
+    accuracy = next(row for row in compared["metrics"] if row["key"] == "val_accuracy")["values"]
+    assert accuracy == [json.loads((session.STORE.find(i) / "metrics.json").read_text())["val"]["accuracy"] for i in ids]
+    stranger = Client(client.src, verbose=False)
+    with pytest.raises(Exception, match="Only your own runs can be compared"):
+        stranger.predict(ids, api_name="/compare")
+    with pytest.raises(Exception, match="Pick at least two of your runs to compare"):
+        client.predict(ids[:1], api_name="/compare")
+
+
+def test_an_experiment_plan_names_its_runs_and_says_before_starting_when_imagenet_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights"))
+    state, _, _ = finetune.check_photos(request("plan"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+                                        *NO_CLASSES)
+    plan, button = finetune.plan_experiment(request("plan"), state, *form(epochs=2)[:1], "schedules", *form(epochs=2)[1:])
+    assert plan.startswith("**Schedules:** StepLR vs cosine vs ReduceLROnPlateau vs exponential decay")
+    assert "4 runs: **StepLR**, **CosineAnnealingLR**, **ReduceLROnPlateau**, **ExponentialLR**" in plan
+    assert "On your 30 training and 6 validation photos: **about" in plan and button["interactive"] is True
+    values = form(epochs=2, weights="imagenet")
+    plan, button = finetune.plan_experiment(request("plan"), state, values[0], "pretrained", *values[1:])
+    assert "**The pretrained run cannot start:** ImageNet weights for resnet18 could not be loaded" in plan
+    assert plan.endswith("Choose a weights file under Pretrained weights, or run another experiment.")
+    assert button["interactive"] is False
+
+
+def test_a_downloaded_run_zip_joins_the_visitor_s_runs_and_the_comparison(tmp_path):
+    from ui import compare
+
+    state, _, _ = finetune.check_photos(request("zipper"), "Folder on this computer", None, str(write_photos(tmp_path)), 2,
+                                        *NO_CLASSES)
+    live = collect(finetune.train_model(request("zipper"), state, *form(epochs=1)))[-1]
+    archive = live["download"]["value"]
+    message, picker = compare.add_run_zip(archive, [live["run_id"]], request("zip-receiver"))
+    added = session.STORE.runs("zip-receiver")
+    assert len(added) == 1 and message == f"Added {errors.plain(added[0].summary)} to your runs."
+    assert picker["value"] == [added[0].run_id]  # the giver's run id is not the receiver's: only their own stays
+    assert (added[0].path / "model.onnx").is_file() and not (added[0].path / "data").exists()
+    not_a_run = tmp_path / "photos.zip"
+    with zipfile.ZipFile(not_a_run, "w") as archive_file:
+        archive_file.writestr("red/a.txt", "not a run")
+    with pytest.raises(gr.Error) as refused:
+        compare.add_run_zip(str(not_a_run), [], request("zip-receiver"))
+    assert refused.value.message == "photos.zip is not a run downloaded from Transfer Studio: it has no config.json"
+    assert len(session.STORE.runs("zip-receiver")) == 1
 
 
 def test_a_run_opens_again_in_the_results_areas_for_its_owner_only(tmp_path):

@@ -468,7 +468,7 @@ def test_a_reloaded_page_keeps_its_runs_and_opens_the_newest_in_one_click(page, 
     trained = status_text(page)
     page.reload()
     page.get_by_role("tab", name="Fine-tune").click()
-    # "5. Your runs" opens by itself with the newest run chosen; nothing else is on show.
+    # "7. Your runs" opens by itself with the newest run chosen; nothing else is on show.
     page.locator("#ft-open-run").wait_for()
     name = page.locator("#ft-own-run input").input_value()
     assert name.startswith("sample · resnet18 full · val ")
@@ -517,7 +517,7 @@ CROWDED = """() => {
 def test_at_phone_width_nothing_on_the_fine_tune_tab_overlaps_or_is_cut(page):
     page.get_by_role("tab", name="Fine-tune").click()  # at phone width the tabs fold into a menu
     page.set_viewport_size({"width": 390, "height": 844})
-    for section in ("3. Learning-rate finder", "5. Your runs"):
+    for section in ("3. Learning-rate finder", "7. Your runs", "5. Compare runs"):
         page.get_by_text(section, exact=True).click()
     page.get_by_text("More settings: momentum, weight decay, label smoothing").click()
     choose(page, "ft-source", "Photos per class")
@@ -525,3 +525,67 @@ def test_at_phone_width_nothing_on_the_fine_tune_tab_overlaps_or_is_cut(page):
     page.locator("#ft-head-epochs").wait_for()
     page.wait_for_timeout(500)
     assert page.evaluate(CROWDED) == []
+
+
+# Lines drawn per trace name in a plotly chart: {name: count of lines with a real path}.
+LINES_BY_NAME = """id => {
+    const chart = document.querySelector(`#${id} .js-plotly-plot`);
+    if (!chart) return {};
+    const counts = {};
+    for (const trace of chart.querySelectorAll('.scatterlayer .trace')) {
+        const name = trace.__data__ && trace.__data__[0] && trace.__data__[0].trace.name;
+        const line = trace.querySelector('path.js-line');
+        if (name && line && (line.getAttribute('d') || '').length > 10) counts[name] = (counts[name] || 0) + 1;
+    }
+    return counts;
+}"""
+
+
+TABLE_ROWS = """id => [...document.querySelectorAll(`#${id} [role=row]`)]
+    .map(row => [...row.querySelectorAll('[role=gridcell]')].map(cell => cell.innerText.trim()))
+    .filter(cells => cells.some(text => text))"""
+
+
+def table_rows(page, elem_id: str) -> list[list[str]]:
+    """The cells of a Dataframe's rows as shown, once it shows some."""
+    page.wait_for_function(f"() => ({TABLE_ROWS})('{elem_id}').length > 0")
+    return page.evaluate(TABLE_ROWS, elem_id)
+
+
+def test_experiment_journey_two_arms_run_one_after_the_other_and_open_side_by_side(page, tmp_path):
+    small_training_settings(page, epochs=2)
+    page.locator("#ft-check").click()  # the sample photos
+    wait_for_text(page, "#ft-report", "hotdog")
+    page.get_by_text("4. Experiments: the tutorials' comparisons on your photos, one click each", exact=True).click()
+    choose(page, "ft-exp-kind", "Head LR x1 vs x10")
+    wait_for_text(page, "#ft-exp-plan", "2 runs: head LR x1, head LR x10")
+    plan = text_of(page, "#ft-exp-plan")
+    assert re.search(r"On your \d+ training and \d+ validation photos: about \d+ (seconds|minutes) on this server", plan), plan
+    page.evaluate(RECORD_STATUS)
+    page.locator("#ft-run-exp").click()
+    page.wait_for_function("() => document.querySelector('#ft-train').disabled")
+    wait_for_text(page, "#ft-status", "Experiment finished")
+    seen = page.evaluate("() => window.statusSeen")
+    assert any(s.startswith("Run 1 of 2: head LR x1. Epoch 1/2: validation accuracy") for s in seen), seen
+    assert any("Run 2 of 2: head LR x10. Epoch 2/2: validation accuracy" in s for s in seen), seen
+    said = status_text(page)
+    assert re.match(r"Experiment finished in \d+ (seconds|minutes) \(estimated about \d+ (seconds|minutes)\): 2 runs kept\.",
+                    said), said
+    # The comparison opened by itself: both arms chosen, their curves drawn one colour each, the tables filled.
+    chosen = page.locator("#cmp-runs .token").all_inner_texts()
+    assert len(chosen) == 2 and "head LR x1 ·" in chosen[0] and "head LR x10 ·" in chosen[1], chosen
+    summary = text_of(page, "#cmp-summary")
+    assert "Comparing 2 runs: head LR x1, head LR x10." in summary
+    assert "Same photos and the same train/validation split in every run, seed 0" in summary
+    for chart in ("cmp-loss", "cmp-accuracy"):
+        page.wait_for_function(f"() => Object.keys(({LINES_BY_NAME})('{chart}')).length === 4")
+        assert page.evaluate(LINES_BY_NAME, chart) == {"head LR x1 (training)": 1, "head LR x1 (validation)": 1,
+                                                       "head LR x10 (training)": 1, "head LR x10 (validation)": 1}
+    page.wait_for_function(f"() => Object.keys(({LINES_BY_NAME})('cmp-lr')).length === 2")
+    assert page.locator("#cmp-confusion .heatmaplayer image").count() == 2
+    assert table_rows(page, "cmp-settings") == [["Head LR multiplier", "1.0", "10.0"]]
+    metrics = {row[0]: row[1:] for row in table_rows(page, "cmp-metrics")}
+    assert re.fullmatch(r"\d+\.\d%", metrics["validation accuracy"][0]), metrics
+    assert re.fullmatch(r"\d+\.\d% \([+-]\d+\.\d pt\)", metrics["validation accuracy"][1]), metrics
+    assert [row[0] for row in table_rows(page, "cmp-f1")] == ["hotdog", "not_hotdog"]
+    assert visible(page, "#cmp-report")

@@ -114,13 +114,15 @@ def create_requests(server: FakeHub, name: str) -> list[dict]:
 def test_push_uploads_the_run_folder_in_one_commit(pushed, fake_hub, run_dir):
     repo = fake_hub.repo(REPO)
     assert pushed == f"{fake_hub.url}/{REPO}"
-    assert set(repo.files) == {"model.onnx", "config.json", "labels.json", "metrics.json", "model.safetensors",
-                               "README.md", "confusion_matrix.png"}
+    # No experiment.json: this run was trained on its own, not as an arm of an experiment.
+    assert set(repo.files) == {"model.onnx", "config.json", "labels.json", "metrics.json", "history.json",
+                               "model.safetensors", "README.md", "confusion_matrix.png"}
     assert len(repo.commits) == 1
     assert repo.files["model.onnx"] == (run_dir / "model.onnx").read_bytes()
     assert repo.files["model.safetensors"] == (run_dir / "model.safetensors").read_bytes()
     assert json.loads(repo.files["config.json"]) == json.loads((run_dir / "config.json").read_text())
     assert json.loads(repo.files["metrics.json"]) == json.loads((run_dir / "metrics.json").read_text())
+    assert json.loads(repo.files["history.json"]) == json.loads((run_dir / "history.json").read_text())
     assert json.loads(repo.files["labels.json"]) == ["blue", "green", "red"]
     assert repo.files["confusion_matrix.png"].startswith(b"\x89PNG\r\n\x1a\n")
     assert {"model.onnx", "model.safetensors"} <= repo.lfs  # large files went through the LFS batch API

@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 
-from trainer.config import ConfigError, ScheduleConfig, TrainConfig, choices_of, config_fields, default_of
+from trainer.config import ConfigError, ScheduleConfig, TrainConfig, choices_of, config_fields, default_of, flag_of
 from trainer.schedules import ScheduleError, lr_curve
 
 
@@ -28,7 +28,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, exclude: tuple[s
         if f.name in exclude:
             continue
         meta, default = f.metadata, default_of(f)
-        flag = "--" + (meta.get("flag") or f.name).replace("_", "-")
+        flag = flag_of(f)
         kwargs: dict = {"dest": f.name, "help": meta.get("help")}
         choices = choices_of(f)
         if isinstance(default, bool):
@@ -76,6 +76,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_train_args(fit)
     fit.add_argument("--out", required=True, help="run folder to write (must be empty unless --overwrite)")
     fit.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+
+    experiment = commands.add_parser("experiment", help="a tutorial's comparison on your photos: one run per arm, "
+                                                        "same split and seed, then the comparison")
+    add_train_args(experiment)
+    experiment.add_argument("--kind", required=True, choices=tuple(_kinds()),
+                            help="; ".join(f"{name}: {kind.question}" for name, kind in _kinds().items()))
+    experiment.add_argument("--out", required=True, help="folder for the arms' run folders and report.html "
+                                                         "(must be empty unless --overwrite)")
+    experiment.add_argument("--overwrite", action="store_true", help="replace the contents of a non-empty --out")
+
+    compare = commands.add_parser("compare", help="compare finished runs: settings that differ, metrics, curves")
+    compare.add_argument("runs", nargs="+", metavar="RUN",
+                         help="two or more runs: run folders, run zips (as the app's download saves them), or hf://user/name")
+    compare.add_argument("--html", metavar="FILE", help="write the comparison as one self-contained HTML file")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
     finder = commands.add_parser("lr-find", help="sweep the LR exponentially and suggest one (fastai's lr_find)")
     add_train_args(finder)
@@ -161,6 +176,114 @@ def run_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kinds() -> dict:
+    from trainer.experiment import KINDS
+
+    return KINDS
+
+
+def _print_comparison(comparison) -> None:
+    from trainer.compare_report import metrics_frame, settings_frame
+
+    print(comparison.data()["note"])
+    settings = settings_frame(comparison)
+    if len(settings):
+        print("\nSettings that differ:")
+        print(settings.to_string(index=False))
+    print("\nFinal metrics (differences from the first run):")
+    print(metrics_frame(comparison).to_string(index=False))
+
+
+def _write_report(comparison, path) -> None:
+    from pathlib import Path
+
+    from models.atomic import replace_file
+    from trainer.compare_report import html_report
+
+    text = html_report(comparison)
+    replace_file(Path(path), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    print(f"report: {path}")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from models.run_import import download_run, import_run_zip
+    from trainer.compare import compare
+
+    with tempfile.TemporaryDirectory(prefix="compare-") as fetched:
+        folders = []
+        for index, run in enumerate(args.runs):  # a run zip or a pushed run is unpacked or fetched first
+            dest = Path(fetched) / f"{index}-{Path(run).stem if not run.startswith('hf://') else run[5:].replace('/', '-')}"
+            if run.startswith("hf://"):
+                folders.append(download_run(run, dest))
+            elif run.endswith(".zip") and Path(run).is_file():
+                folders.append(import_run_zip(run, dest))
+            else:
+                folders.append(Path(run))
+        comparison = compare(folders)
+        if args.json:
+            print(json.dumps(comparison.to_dict()))
+        else:
+            _print_comparison(comparison)
+        if args.html:
+            _write_report(comparison, args.html)
+    return 0
+
+
+def run_experiment(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from trainer.compare import compare
+    from trainer.experiment import ArmDone, ArmFailed, ArmStarts, SeriesPlanned, arms_for, duration_words
+    from trainer.experiment import run_experiment as run_series
+    from trainer.train import BatchEvent, EpochStats, prepare_run_dir
+
+    config = config_from_args(args, TrainConfig)
+    arms_for(args.kind, config)  # refuse bad settings before the photos are read
+    out = prepare_run_dir(args.out, args.overwrite).path
+    bar = None
+
+    def emit(event):
+        nonlocal bar
+        if isinstance(event, SeriesPlanned):
+            tqdm.write(f"{len(event.arms)} runs ({', '.join(arm.name for arm in event.arms)}) on {event.train} training "
+                       f"and {event.val} validation photos: {duration_words(event.seconds)} on this machine")
+        elif isinstance(event, ArmStarts):
+            tqdm.write(f"run {event.index} of {event.of}: {event.arm.name}")
+            bar = None
+        elif isinstance(event, BatchEvent):
+            if bar is None:
+                bar = tqdm(total=event.batches * config.epochs, unit="batch", dynamic_ncols=True, leave=False)
+            bar.update()
+        elif isinstance(event, EpochStats):
+            tqdm.write(f"  epoch {event.epoch:>3}  val loss {event.val_loss:.4f} acc {event.val_acc:.3f}")
+        elif isinstance(event, (ArmDone, ArmFailed)):
+            if bar is not None:
+                bar.close()
+            tqdm.write(f"  {event.arm.name} failed: {event.message}" if isinstance(event, ArmFailed) else
+                       f"  {event.arm.name}: val accuracy {event.result.metrics['val']['accuracy']:.3f} "
+                       f"-> {event.result.run_dir}")
+
+    with _StopOnInterrupt() as stop:
+        done = run_series(args.data, args.kind, config, lambda index, arm: out / f"{index}-{_slug(arm.name)}",
+                          workdir=out, emit=emit, should_stop=stop, log=tqdm.write)
+    if done.stopped:
+        print(f"experiment {done.stopped}: {len(done.run_dirs)} of {len(arms_for(args.kind, config))} runs finished")
+    if len(done.run_dirs) >= 2:
+        comparison = compare(done.run_dirs)
+        _print_comparison(comparison)
+        _write_report(comparison, out / "report.html")
+    return 0
+
+
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def run_lr_find(args: argparse.Namespace) -> int:
     from trainer.lr_finder import lr_find
 
@@ -178,17 +301,19 @@ def run_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"lr": run_lr, "fit": run_fit, "lr-find": run_lr_find}
+COMMANDS = {"lr": run_lr, "fit": run_fit, "lr-find": run_lr_find, "compare": run_compare, "experiment": run_experiment}
 
 
 def main(argv: list[str] | None = None) -> int:
     from models.backbones import WeightsUnavailable
+    from models.hub import HubError
+    from models.run_folder import RunFolderError
     from trainer.data import DataError
 
     args = get_args_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (ScheduleError, ConfigError, DataError, WeightsUnavailable, ValueError) as exc:
+    except (ScheduleError, ConfigError, DataError, WeightsUnavailable, RunFolderError, HubError, ValueError) as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
 

@@ -67,6 +67,43 @@ def default_of(f: Field) -> Any:
     return f.default_factory() if f.default_factory is not MISSING else f.default
 
 
+def flag_of(f: Field) -> str:
+    """The CLI flag of a config field: --batch-size for batch_size (or the field's own `flag`)."""
+    return "--" + (f.metadata.get("flag") or f.name).replace("_", "-")
+
+
+def fit_command(config: "TrainConfig", data: str, out: str) -> str:
+    """The `python -m trainer fit` command line that trains `config` again: the flags that differ from the defaults."""
+    import shlex
+
+    words = ["python", "-m", "trainer", "fit", str(data), "--out", str(out)]
+    values = {**vars(config), **vars(config.schedule)}
+    for f in config_fields(TrainConfig):
+        value, default = values[f.name], default_of(f)
+        if f.name == "steps_per_epoch" or value == default:
+            continue
+        if isinstance(default, bool):
+            words.append(flag_of(f) if value else "--no-" + flag_of(f)[2:])
+        elif isinstance(default, dict):
+            for key, item in sorted(value.items()):
+                words += [flag_of(f), f"{key}={_param_text(item)}"]
+        else:
+            words += [flag_of(f), str(value)]
+    return shlex.join(words)
+
+
+def _param_text(value: Any) -> str:
+    """A --param value as the CLI reads it back: JSON, except text that is not JSON (a formula, a mode) as it is."""
+    import json
+
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except ValueError:
+            return value
+    return json.dumps(value)
+
+
 def _scheduler_names() -> tuple[str, ...]:
     from trainer.schedules import CATALOGUE
 

@@ -624,6 +624,8 @@ def open_dataset(
         "warnings": warnings,
         "val_source": val_source,
         "files": {split: [[r.rel, labels[r.label]] for r in splits[split]] for split in SPLITS},
+        # The photos' contents in one digest: runs whose photos share names but not pixels are told apart.
+        "photos_digest": hashlib.sha256("".join(sorted(digests.values())).encode()).hexdigest(),
     }
     if workdir is not None:
         write_report(report, Path(workdir) / DATA_REPORT)

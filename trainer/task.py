@@ -38,14 +38,15 @@ def planned_head_lr(config: TrainConfig, steps_per_epoch: int) -> list[float] | 
     return [lr * head_lr_multiplier(config) for lr in curve.lr]
 
 
-def load_data(data, config: TrainConfig, spec: PreprocessSpec, workdir: Path) -> Dataset:
+def load_data(data, config: TrainConfig, spec: PreprocessSpec, workdir: Path | None) -> Dataset:
     """Open the photos once (a folder, a .zip extracted into `workdir`, or an opened Dataset as it is).
 
     Each photo is decoded and resized to the spec's shorter side, then cached; the data report lands
-    in `workdir` (open_dataset writes it for what it opens).
+    in `workdir` when there is one (open_dataset writes it for what it opens).
     """
     if isinstance(data, Dataset):
-        RunFolder(workdir).write_data_report(data.report)
+        if workdir is not None:
+            RunFolder(workdir).write_data_report(data.report)
         return data
     return open_dataset(
         data,

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,12 +21,15 @@ import gradio as gr
 from models.job_slot import SlotAbandoned
 from models.run_folder import RunFolder
 from trainer.config import FORM_GROUPS, ConfigError, ScheduleConfig, TrainConfig, choices_of, config_fields, default_of
+from trainer.compare import compare as compare_runs
 from trainer.data import DataError, Dataset, assemble_class_folders, open_dataset
+from trainer.experiment import (KINDS, ArmDone, ArmFailed, ArmStarts, ExperimentDone, SeriesPlanned, arms_for,
+                                check_weights, duration_words, estimate, experiment_events)
 from trainer.schedules import CATALOGUE, resolve
 from trainer.stream import Done, Log, SweepDone, SweepStep, fit_events, sweep_events
 from trainer.task import Cancelled, planned_head_lr
 from trainer.train import STOPPED_WORDS, BatchEvent, EpochStats
-from ui import EXAMPLES, SAMPLE_PHOTOS, results, session
+from ui import EXAMPLES, SAMPLE_PHOTOS, compare, results, session
 from ui.errors import error_markdown, in_place, plain, user_errors
 from ui.limits import LIMITS
 from ui.schedules import params_from_fields, scheduler_param_fields
@@ -320,30 +324,30 @@ def training_events(data_path: str, config: TrainConfig, key: str, stop: threadi
 
 
 def _job_starts(request: gr.Request) -> tuple:
-    """A training or sweep joins the queue: (Train, Find, Open, Cancel). The first three wait for it (Open would
-    cover its results); Cancel works until it ends."""
+    """A training, sweep or experiment joins the queue: (Train, Find, Open, Run the experiment, Cancel). The first
+    four wait for it (Open would cover its results); Cancel works until it ends."""
     _cancelled_in_queue.pop(session.visitor(request), None)
-    return gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=False), gr.update(interactive=True)
+    return *[gr.update(interactive=False)] * 4, gr.update(interactive=True)
 
 
 def train_starts(request: gr.Request) -> tuple:
-    """Train pressed: (status, progress bar, per-epoch results, final results, Train, Find, Open, Cancel); the last
+    """Train pressed: (status, progress bar, per-epoch results, final results, *busy); the last
     run's results go, the bar's place (where the queue and the progress show) opens."""
     return QUEUED, gr.update(visible=True), gr.update(visible=False), gr.update(visible=False), *_job_starts(request)
 
 
 def finder_starts(request: gr.Request) -> tuple:
-    """'Find a learning rate' pressed: (its message, its chart, 'Use the suggested LR', Train, Find, Open, Cancel)."""
+    """'Find a learning rate' pressed: (its message, its chart, 'Use the suggested LR', *busy)."""
     return QUEUED, gr.update(visible=False), gr.update(interactive=False), *_job_starts(request)
 
 
 def job_ends() -> tuple:
-    """(Train, Find, Open, Cancel) once the training or sweep has ended, however it ended."""
-    return gr.update(interactive=True), gr.update(interactive=True), gr.update(interactive=True), gr.update(interactive=False)
+    """(Train, Find, Open, Run the experiment, Cancel) once the job has ended, however it ended."""
+    return *[gr.update(interactive=True)] * 4, gr.update(interactive=False)
 
 
 def train_ends() -> tuple:
-    """(Train, Find, Open, Cancel, progress bar) once the training has ended: the bar's place closes."""
+    """(*busy, progress bar) once the training or experiment has ended: the bar's place closes."""
     return *job_ends(), gr.update(visible=False)
 
 
@@ -488,6 +492,144 @@ def train_api(zip_path: str, config: dict, weights_file: str | None = None, requ
         yield {"status": "cancelled before the first epoch finished; nothing was kept"}
     finally:
         session.STOP_FLAGS.finish(key, stop)
+
+
+# ---------------------------------------------------------------- experiments
+
+# The outputs of an experiment: the training's (its current run live), then the comparison's when it ends.
+EXPERIMENT_OUTPUTS = (*TRAIN_OUTPUTS, "compare_runs", "compare_box", "compare_area",
+                      *(f"compare_{name}" for name in compare.OUTPUTS))
+
+
+def _experiment_outputs(**values) -> tuple:
+    return tuple(values.pop(name, gr.skip()) for name in EXPERIMENT_OUTPUTS)
+
+
+def plan_experiment(request: gr.Request, data, weights_file, kind, *values) -> tuple:
+    """What an experiment will train, and for how long, before it starts: (its plan, the Run button).
+
+    The pretrained kind loads its weights here, so a machine without them says so before anything trains.
+    """
+    try:
+        config = bounded(_form_config(weights_file, values), request, weights_file)
+        with user_errors():
+            arms = arms_for(kind, config)
+    except gr.Error as exc:
+        return error_markdown(exc, "Cannot plan this experiment"), gr.update(interactive=False)
+    names = ", ".join(f"**{plain(arm.name)}**" for arm in arms)
+    lines = [f"**{KINDS[kind].title}:** {KINDS[kind].question}.",
+             f"{len(arms)} runs: {names}; every other setting as in the form ({config.arch}, {config.strategy}, "
+             f"{config.epochs} epochs, LR {config.lr:g}). Same photos, split and seed in every run, so only "
+             f"this choice differs."]
+    if kind == "pretrained":
+        try:
+            with user_errors():
+                check_weights(arms)
+        except gr.Error as exc:
+            lines.append(error_markdown(exc, "The pretrained run cannot start") +
+                         " Choose a weights file under Pretrained weights, or run another experiment.")
+            return "\n\n".join(lines), gr.update(interactive=False)
+    if data:
+        totals = data["report"]["totals"]
+        seconds = estimate(arms, totals["train"], totals["val"])
+        lines.append(f"On your {totals['train']} training and {totals['val']} validation photos: "
+                     f"**{duration_words(seconds)}** on this server (from a measured step time), if nothing else "
+                     "is training.")
+    else:
+        lines.append("Check your photos (step 1) to see how long it will take.")
+    # While this visitor's job runs the button stays as that job left it (it waits for the job to end).
+    busy = session.STOP_FLAGS.running(session.visitor(request))
+    return "\n\n".join(lines), gr.skip() if busy else gr.update(interactive=True)
+
+
+def run_experiment_ui(request: gr.Request, data, weights_file, kind, *values, progress=gr.Progress()):
+    """Handler of 'Run the experiment', a generator: "run 2 of 4" with the current run's live curves, then
+    the arms side by side in the comparison. Cancel (or leaving the page) ends the series; finished runs stay."""
+    key = session.visitor(request)
+    if _left_the_queue(key):
+        yield _experiment_outputs(status="**Cancelled** while it waited in the queue; nothing was trained.")
+        return
+    try:
+        path = _data_path(data)
+        config = bounded(_form_config(weights_file, values), request, weights_file)
+        with user_errors():
+            arms_for(kind, config)
+        session.ensure_room(key)
+    except gr.Error as exc:
+        yield _experiment_outputs(status=error_markdown(exc, "Cannot run the experiment"))
+        return
+    stop = session.STOP_FLAGS.start(key)
+    history: list[EpochStats] = []
+    arm, planned, seconds, started, lines = None, None, None, time.monotonic(), []
+
+    def said(text: str) -> str:
+        head = f"**Run {arm.index} of {arm.of}: {plain(arm.arm.name)}.** " if arm else ""
+        return "\n\n".join([*lines, head + text])
+
+    def new_run_dir(index, _arm):
+        session.ensure_room(key)
+        return session.STORE.new_run(key)[1]
+
+    try:
+        with user_errors():
+            for event in experiment_events(path, kind, config, new_run_dir, stop=stop):
+                if isinstance(event, SeriesPlanned):
+                    seconds = event.seconds
+                    yield _experiment_outputs(status=said(f"_{len(event.arms)} runs, {duration_words(seconds)}_"))
+                elif isinstance(event, ArmStarts):
+                    arm, history, planned = event, [], None
+                    yield _experiment_outputs(status=said("_Starting_"), live=gr.update(visible=False),
+                                              final=gr.update(visible=False))
+                elif isinstance(event, Log):
+                    message = event.message.splitlines()[0]
+                    progress(((arm.index - 1) / arm.of) if arm else 0, desc=message)
+                    yield _experiment_outputs(status=said(f"_{plain(message)}_"))
+                elif isinstance(event, BatchEvent):
+                    if planned is None:
+                        planned = planned_head_lr(arm.arm.config, event.batches)
+                    within = (event.epoch * event.batches + event.batch + 1) / (event.batches * config.epochs)
+                    progress((arm.index - 1 + within) / arm.of,
+                             desc=f"run {arm.index} of {arm.of} ({arm.arm.name}): epoch {event.epoch + 1}/{config.epochs}")
+                elif isinstance(event, EpochStats):
+                    history.append(event)
+                    yield _experiment_outputs(
+                        status=said(f"Epoch {event.epoch}/{config.epochs}: validation accuracy {event.val_acc:.1%}"),
+                        **_shown(results.epoch_update(history, planned)))
+                elif isinstance(event, ArmDone):
+                    accuracy = event.result.metrics["val"]["accuracy"]
+                    ending = f" ({ENDINGS[event.result.stopped]})" if event.result.stopped else ""
+                    lines.append(f"Run {event.index} ({plain(event.arm.name)}): validation accuracy {accuracy:.1%}{ending}.")
+                    yield _experiment_outputs(status=said("_Done_"), run_id=event.result.run_dir.name)
+                elif isinstance(event, ArmFailed):
+                    lines.append(f"Run {event.index} ({plain(event.arm.name)}) failed: {plain(event.message)}")
+                    yield _experiment_outputs(status=said("_Failed_"))
+                elif isinstance(event, ExperimentDone):
+                    arm = None
+                    yield _experiment_done(event, lines, time.monotonic() - started, seconds, key)
+                else:  # a heartbeat: gives Gradio the chance to close this handler when the page has gone
+                    yield _experiment_outputs()
+    except (Cancelled, SlotAbandoned):
+        yield _experiment_outputs(status=said("**Cancelled**; the runs that finished before are kept."))
+    except gr.Error as exc:
+        yield _experiment_outputs(status=error_markdown(exc, "The experiment stopped"))
+    finally:
+        session.STOP_FLAGS.finish(key, stop)
+
+
+def _experiment_done(done: ExperimentDone, lines: list[str], took: float, estimated: float | None, key: str) -> tuple:
+    """The experiment's last answer: how it went against the estimate, and its finished runs side by side."""
+    ended = "cancelled" if done.stopped else "finished"
+    timing = f"in {duration_words(took).removeprefix('about ')}" + (
+        f" (estimated {duration_words(estimated)})" if estimated else "")
+    head = f"**Experiment {ended}** {timing}: {len(done.run_dirs)} run{'s' if len(done.run_dirs) != 1 else ''} kept."
+    if len(done.run_dirs) < 2:
+        return _experiment_outputs(status="\n\n".join([head, *lines, "Fewer than two runs finished: nothing to compare."]))
+    ids = [path.name for path in done.run_dirs]
+    shown = compare.comparison_update(compare_runs(done.run_dirs), key)
+    return _experiment_outputs(status="\n\n".join([head, *lines, "They are side by side under **5. Compare runs**."]),
+                               compare_runs=gr.update(choices=compare.choices(key), value=ids),
+                               compare_box=gr.update(open=True), compare_area=gr.update(visible=True),
+                               live=gr.update(visible=False), **{f"compare_{k}": v for k, v in shown.items()})
 
 
 # ---------------------------------------------------------------- your runs
@@ -654,6 +796,13 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
         finder_md = gr.Markdown(elem_id="ft-finder-message")
         finder_plot = gr.Plot(label="LR finder", show_label=False, visible=False, elem_id="ft-finder-plot")
         suggested = gr.State(None)
+    with gr.Accordion("4. Experiments: the tutorials' comparisons on your photos, one click each", open=False) as exp_box:
+        gr.Markdown("Several runs on the photos you checked that differ in one choice, one after another in the "
+                    "training queue; when they end they open side by side under '5. Compare runs'.")
+        kind = gr.Radio([(k.title, name) for name, k in KINDS.items()], value="schedules", label="Experiment",
+                        elem_id="ft-exp-kind")
+        plan_md = gr.Markdown(elem_id="ft-exp-plan")
+        run_exp = gr.Button("Run the experiment", variant="primary", elem_id="ft-run-exp")
     with gr.Row():
         train = gr.Button("Train", variant="primary", scale=4, elem_id="ft-train")
         cancel = gr.Button("Cancel", interactive=False, scale=1, min_width=110, elem_id="ft-cancel")
@@ -673,7 +822,9 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
             confusion = gr.Plot(label="Confusion matrix (validation)", min_width=320, elem_id="ft-confusion")
         wrong = gr.Gallery(label="The most confident mistakes (validation)", columns=6, height=260, elem_id="ft-mistakes")
         download = gr.DownloadButton("Download the run (zip)", elem_id="ft-download")
-    with gr.Accordion("4. Share: push to the Hugging Face Hub, or make a Space", open=False):
+    with gr.Accordion("5. Compare runs", open=False) as compare_box:
+        comparing = compare.compare_section(runs_changed)
+    with gr.Accordion("6. Share: push to the Hugging Face Hub, or make a Space", open=False):
         with gr.Row():
             share_run = gr.Dropdown(label="Run", choices=[])
             repo_id = gr.Textbox(label="Repository", placeholder="your-name/food-classifier")
@@ -687,7 +838,7 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
             space = gr.Button("Make a Space from this run")
         share_md = gr.Markdown()
         space_zip = gr.DownloadButton("Download the Space app (zip)", visible=False)
-    with gr.Accordion("5. Your runs", open=False) as runs_box:  # opened on page load when the visitor has runs
+    with gr.Accordion("7. Your runs", open=False) as runs_box:  # opened on page load when the visitor has runs
         with gr.Row():
             own_run = gr.Dropdown(label="Run", choices=[], scale=3, elem_id="ft-own-run")
             open_button = gr.Button("Open", variant="primary", scale=1, min_width=100, elem_id="ft-open-run")
@@ -719,7 +870,7 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     holder["take"].click(take_studio_schedule, [current_schedule, *schedule_fields], [*schedule_fields, holder["taken"]],
                          queue=False, api_visibility="private")
 
-    busy = [train, find_button, open_button, cancel]
+    busy = [train, find_button, open_button, run_exp, cancel]  # as _job_starts' answer
     find_button.click(finder_starts, None, [finder_md, finder_plot, use_lr, *busy], queue=False, api_visibility="private").then(
         find_lr, [data_state, *settings], [finder_plot, finder_md, suggested, use_lr], concurrency_limit=1,
         concurrency_id="training", api_visibility="private", show_progress_on=[finder_md]
@@ -731,6 +882,17 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     train.click(train_starts, None, [status, progress_bar, live, final, *busy], queue=False, api_visibility="private").then(
         train_model, [data_state, *settings], train_outputs, concurrency_limit=1, concurrency_id="training",
         api_visibility="private", show_progress_on=[progress_bar]
+    ).then(train_ends, None, [*busy, progress_bar], queue=False, api_visibility="private")
+    experiment_outputs = [*train_outputs, comparing["runs"], compare_box, comparing["area"],
+                          *(comparing[name] for name in compare.OUTPUTS)]  # as EXPERIMENT_OUTPUTS
+    plan_inputs = [data_state, weights_file, kind, *settings[1:]]
+    for trigger in (kind.change, exp_box.expand, data_state.change):
+        trigger(plan_experiment, plan_inputs, [plan_md, run_exp], concurrency_limit=1, concurrency_id="plan",
+                api_visibility="private", show_progress_on=[plan_md])
+    run_exp.click(train_starts, None, [status, progress_bar, live, final, *busy], queue=False,
+                  api_visibility="private").then(
+        run_experiment_ui, [data_state, weights_file, kind, *settings[1:]], experiment_outputs, concurrency_limit=1,
+        concurrency_id="training", api_visibility="private", show_progress_on=[progress_bar]
     ).then(train_ends, None, [*busy, progress_bar], queue=False, api_visibility="private")
     # Queued (so the request carries the browser session), in its own slot: it never waits behind training.
     cancel.click(cancel_training, None, status, concurrency_id="cancel", concurrency_limit=None, show_progress="hidden")

@@ -13,6 +13,7 @@ import pandas as pd
 
 from models.metrics import confusion_figure
 from models.run_folder import RunFolder
+from trainer.compare_report import base_figure
 from trainer.config import RunConfig
 from trainer.lr_finder import LRFinderResult
 from trainer.task import planned_head_lr
@@ -27,15 +28,7 @@ def _rows(history: list[EpochStats | dict]) -> list[dict]:
 
 
 def _figure(title: str, x_title: str, y_title: str, height: int = 280):
-    import plotly.graph_objects as go  # only when a chart is drawn, so `import app` stays quick
-
-    figure = go.Figure()
-    figure.update_layout(title={"text": title, "x": 0.02}, template="plotly_white", height=height,
-                         margin={"l": 60, "r": 16, "t": 44, "b": 40}, hovermode="x unified",
-                         legend={"orientation": "h", "y": -0.25})
-    figure.update_xaxes(title=x_title)
-    figure.update_yaxes(title=y_title)
-    return figure
+    return base_figure(title, x_title, y_title, height)
 
 
 def epoch_table(history: list[EpochStats | dict]) -> pd.DataFrame:
