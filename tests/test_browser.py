@@ -569,7 +569,7 @@ def test_experiment_journey_two_arms_run_one_after_the_other_and_open_side_by_si
     assert any(s.startswith("Run 1 of 2: head LR x1. Epoch 1/2: validation accuracy") for s in seen), seen
     assert any("Run 2 of 2: head LR x10. Epoch 2/2: validation accuracy" in s for s in seen), seen
     said = status_text(page)
-    assert re.match(r"Experiment finished in \d+ (seconds|minutes) \(estimated about \d+ (seconds|minutes)\): 2 runs kept\.",
+    assert re.match(r"Experiment finished in \d+ (seconds|minutes) \(estimated about \d+ (seconds|minutes)\): 2 runs finished\.",
                     said), said
     # The comparison opened by itself: both arms chosen, their curves drawn one colour each, the tables filled.
     chosen = page.locator("#cmp-runs .token").all_inner_texts()

@@ -23,6 +23,7 @@ from gradio_client import Client, handle_file
 import app
 from conftest import served_app, write_photos, zip_folder
 from models.job_slot import job_slot
+from trainer.config import TrainConfig
 from trainer.stream import WAITING
 from ui import finetune, session
 from ui.limits import LOCAL_DEFAULTS, Limits
@@ -171,6 +172,15 @@ def test_epochs_beyond_the_server_limit_are_refused_and_trainings_stop_at_its_ti
     assert result["metrics"]["stopped"] == "time limit" and result["metrics"]["epochs_run"] < 50
     config = json.loads((session.STORE.find(result["run_id"]) / "config.json").read_text())
     assert config["train"]["max_minutes"] == 0.02  # the run says what bounded it
+
+
+def test_an_experiment_gets_the_time_of_one_training_shared_between_its_runs(monkeypatch):
+    with_limits(monkeypatch, max_train_minutes=20)
+    config = TrainConfig(max_minutes=20)
+    assert finetune.series_bounded(config, 4).max_minutes == 5
+    assert finetune.series_bounded(TrainConfig(max_minutes=2), 4).max_minutes == 2  # a shorter own limit stays
+    with_limits(monkeypatch, max_train_minutes=0)
+    assert finetune.series_bounded(TrainConfig(), 4).max_minutes == 0  # no limit on one's own machine
 
 
 # ---------------------------------------------------------------- weights only as uploads

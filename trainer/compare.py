@@ -27,7 +27,7 @@ METRICS = (
     ("test_macro_f1", "test macro F1", 1),
     ("best_epoch", "best epoch", 0),
     ("epochs_run", "epochs run", 0),
-    ("train_seconds", "training time (s)", -1),
+    ("train_seconds", "time in epochs (s)", -1),  # a linear probe's one pass for its features is not in it
 )
 
 

@@ -505,6 +505,13 @@ def _experiment_outputs(**values) -> tuple:
     return tuple(values.pop(name, gr.skip()) for name in EXPERIMENT_OUTPUTS)
 
 
+def series_bounded(config: TrainConfig, arms: int) -> TrainConfig:
+    """A series gets the time of one training on a server that limits it: each of its runs an equal share."""
+    if not LIMITS.max_train_minutes:
+        return config
+    return replace(config, max_minutes=min(config.max_minutes, LIMITS.max_train_minutes / arms))
+
+
 def plan_experiment(request: gr.Request, data, weights_file, kind, *values) -> tuple:
     """What an experiment will train, and for how long, before it starts: (its plan, the Run button).
 
@@ -529,6 +536,10 @@ def plan_experiment(request: gr.Request, data, weights_file, kind, *values) -> t
             lines.append(error_markdown(exc, "The pretrained run cannot start") +
                          " Choose a weights file under Pretrained weights, or run another experiment.")
             return "\n\n".join(lines), gr.update(interactive=False)
+    if LIMITS.max_train_minutes:
+        lines.append(f"This server gives an experiment the time of one training ({LIMITS.max_train_minutes:g} minutes): "
+                     f"each run stops after {series_bounded(config, len(arms)).max_minutes:.3g} minutes, keeping its "
+                     "best model.")
     if data:
         totals = data["report"]["totals"]
         seconds = estimate(arms, totals["train"], totals["val"])
@@ -553,7 +564,7 @@ def run_experiment_ui(request: gr.Request, data, weights_file, kind, *values, pr
         path = _data_path(data)
         config = bounded(_form_config(weights_file, values), request, weights_file)
         with user_errors():
-            arms_for(kind, config)
+            config = series_bounded(config, len(arms_for(kind, config)))
         session.ensure_room(key)
     except gr.Error as exc:
         yield _experiment_outputs(status=error_markdown(exc, "Cannot run the experiment"))
@@ -621,7 +632,7 @@ def _experiment_done(done: ExperimentDone, lines: list[str], took: float, estima
     ended = "cancelled" if done.stopped else "finished"
     timing = f"in {duration_words(took).removeprefix('about ')}" + (
         f" (estimated {duration_words(estimated)})" if estimated else "")
-    head = f"**Experiment {ended}** {timing}: {len(done.run_dirs)} run{'s' if len(done.run_dirs) != 1 else ''} kept."
+    head = f"**Experiment {ended}** {timing}: {len(done.run_dirs)} run{'s' if len(done.run_dirs) != 1 else ''} finished."
     if len(done.run_dirs) < 2:
         return _experiment_outputs(status="\n\n".join([head, *lines, "Fewer than two runs finished: nothing to compare."]))
     ids = [path.name for path in done.run_dirs]
