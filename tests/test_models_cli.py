@@ -112,7 +112,10 @@ def test_predict_accepts_run_folders_and_onnx_files_and_prints_one_line_per_imag
     ],
 )
 def test_failures_exit_1_with_a_one_line_message(args, message):
-    result = cli(*args)
+    from conftest import run_main
+    from models.__main__ import main
+
+    result = run_main(main, *args)
     assert result.returncode == 1
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()

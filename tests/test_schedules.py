@@ -4,14 +4,14 @@ Parameters count epochs; the per-batch cases show the conversion to torch's batc
 """
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 from torch.optim import lr_scheduler as S
 
+from conftest import run_main
+from trainer.__main__ import main
 from trainer.config import ScheduleConfig
 from trainer.formula import Formula
 from trainer.schedules import CATALOGUE, ScheduleError, lr_curve, resolve, schedule_code
@@ -188,8 +188,7 @@ def test_ten_thousand_step_curve_is_fast():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "trainer", "lr", *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return run_main(main, "lr", *args)
 
 
 def test_cli_prints_one_lr_per_optimizer_step_as_json():

@@ -11,10 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torchvision.models import resnet18
 
-from conftest import tiny_config, write_photos, zip_folder
+from conftest import run_main, tiny_config, write_photos, zip_folder
 from models.backbones import WeightsUnavailable, create_model, imagenet_cache_path, preprocessing_for
 from models.preprocess import load_rgb
 from models.run_folder import RunFolder
+from trainer.__main__ import main
 from trainer.config import ConfigError, RunConfig, ScheduleConfig
 from trainer.lr_finder import lr_find, valley
 from trainer.train import fit
@@ -218,6 +219,10 @@ def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "trainer", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
 
 
+def in_process(*args):
+    return run_main(main, *args)
+
+
 def test_cli_fit_prints_the_data_summary_and_writes_the_run(photos, tmp_path):
     done = cli("fit", str(photos), "--out", str(tmp_path / "run"), "--weights", "none", "--image-size", "32",
                "--epochs", "2", "--optimizer", "adamw", "--lr", "0.001", "--batch-size", "8", "--augment", "none")
@@ -237,19 +242,19 @@ def test_cli_fit_prints_the_data_summary_and_writes_the_run(photos, tmp_path):
     ],
 )
 def test_cli_fit_bad_input_exits_non_zero_with_one_line(photos, tmp_path, args, message):
-    done = cli("fit", str(photos), "--out", str(tmp_path / "run"), "--image-size", "32", "--epochs", "1", *args)
+    done = in_process("fit", str(photos), "--out", str(tmp_path / "run"), "--image-size", "32", "--epochs", "1", *args)
     assert done.returncode != 0
     assert message in done.stderr and done.stderr.strip().count("\n") == 0
 
 
 def test_cli_fit_on_a_folder_with_one_class_says_so(tmp_path):
     write_photos(tmp_path / "one", classes=("red",))
-    done = cli("fit", str(tmp_path / "one"), "--out", str(tmp_path / "run"), "--weights", "none")
+    done = in_process("fit", str(tmp_path / "one"), "--out", str(tmp_path / "run"), "--weights", "none")
     assert done.returncode != 0 and "at least 2 classes" in done.stderr
 
 
 def test_cli_lr_find_prints_json(photos):
-    done = cli("lr-find", str(photos), "--weights", "none", "--image-size", "32", "--strategy", "linear-probe",
+    done = in_process("lr-find", str(photos), "--weights", "none", "--image-size", "32", "--strategy", "linear-probe",
                "--iterations", "20", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)

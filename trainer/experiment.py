@@ -119,7 +119,7 @@ def image_seconds(arch: str, image_size: int, batch_size: int = 32, device: str 
     timings = []
     for backward in (False, True):
         elapsed = []
-        for attempt in range(4):  # the first pass pays for allocation and kernel selection; the fastest of the rest
+        for _ in range(4):  # the first pass pays for allocation and kernel selection; the fastest of the rest
             started = time.perf_counter()
             if backward:
                 model.train()
@@ -153,19 +153,15 @@ def arm_seconds(config: TrainConfig, train: int, val: int, forward: float, backw
 
 def estimate(arms: list[Arm], train: int, val: int) -> float:
     """Estimated seconds for the whole series on this machine."""
+    from trainer.step import resolve_device
+
     total = 0.0
     for arm in arms:
         config = arm.config
         forward, backward = image_seconds(config.arch, config.image_size, config.batch_size,
-                                          "cpu" if config.device == "cpu" else _auto_device(config.device))
+                                          resolve_device(config.device).type)
         total += arm_seconds(config, train, val, forward, backward)
     return total
-
-
-def _auto_device(device: str) -> str:
-    from trainer.step import resolve_device
-
-    return resolve_device(device).type
 
 
 def duration_words(seconds: float) -> str:
