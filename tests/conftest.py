@@ -31,6 +31,9 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 # The app keeps its runs under this folder; tests never write into the working tree.
 os.environ["TRANSFER_STUDIO_DATA_DIR"] = tempfile.mkdtemp(prefix="transfer-studio-test-")
+# ... and Gradio its uploads and answered files under this one: both go when the session ends (a full
+# suite leaves gigabytes of runs and copies, which would fill the disk of whoever runs it often).
+os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="transfer-studio-gradio-")
 
 
 def write_photos(root: Path, per_class: int = 12, classes=("red", "green", "blue"), size=(40, 36), seed=0) -> Path:
@@ -94,7 +97,9 @@ def photos(tmp_path) -> Path:
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """Let trainings still running in app threads stop before the interpreter exits under them."""
+    """Let trainings still running in app threads stop before the interpreter exits under them, then remove
+    the folders the app and Gradio wrote into."""
+    import shutil
     import sys
     import threading
 
@@ -102,8 +107,10 @@ def pytest_sessionfinish(session, exitstatus):
     if session is not None:
         session.STOP_FLAGS.stop_all()
     for thread in threading.enumerate():
-        if thread.name.startswith("fit-"):
+        if thread.name.startswith(("fit-", "experiment-", "lr-sweep")):
             thread.join(timeout=120)
+    for name in ("TRANSFER_STUDIO_DATA_DIR", "GRADIO_TEMP_DIR"):
+        shutil.rmtree(os.environ[name], ignore_errors=True)
 
 
 def run_main(main, *args: str) -> subprocess.CompletedProcess:
