@@ -115,7 +115,7 @@ class RunFolder:
 
     def is_finished(self) -> bool:
         """Trained to the end (or stopped early) with its figures written."""
-        return self.has_config() and self.file(METRICS).is_file() and self.weights.is_file()
+        return self.has_results() and self.weights.is_file()
 
     # -- reading
 

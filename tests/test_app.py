@@ -430,6 +430,9 @@ def test_an_experiment_plan_names_its_runs_and_says_before_starting_when_imagene
     assert "**The pretrained run cannot start:** ImageNet weights for resnet18 could not be loaded" in plan
     assert plan.endswith("Choose a weights file under Pretrained weights, or run another experiment.")
     assert button["interactive"] is False
+    plan, button = finetune.plan_experiment(request("plan"), state, values[0], "schedules", *values[1:])
+    assert "**These runs cannot start:** ImageNet weights for resnet18 could not be loaded" in plan
+    assert plan.endswith("Choose a weights file under Pretrained weights, or none.") and button["interactive"] is False
 
 
 def test_a_downloaded_run_zip_joins_the_visitor_s_runs_and_the_comparison(tmp_path):

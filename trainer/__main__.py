@@ -215,7 +215,8 @@ def run_compare(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="compare-") as fetched:
         folders = []
         for index, run in enumerate(args.runs):  # a run zip or a pushed run is unpacked or fetched first
-            dest = Path(fetched) / f"{index}-{Path(run).stem if not run.startswith('hf://') else run[5:].replace('/', '-')}"
+            name = run.removeprefix("hf://").replace("/", "-") if run.startswith("hf://") else Path(run).stem
+            dest = Path(fetched) / f"{index}-{name}"  # the comparison falls back on a run's folder name
             if run.startswith("hf://"):
                 folders.append(download_run(run, dest))
             elif run.endswith(".zip") and Path(run).is_file():
@@ -241,7 +242,7 @@ def run_experiment(args: argparse.Namespace) -> int:
     from trainer.train import BatchEvent, EpochStats, prepare_run_dir
 
     config = config_from_args(args, TrainConfig)
-    arms_for(args.kind, config)  # refuse bad settings before the photos are read
+    arms = arms_for(args.kind, config)  # refuse bad settings before the photos are read
     out = prepare_run_dir(args.out, args.overwrite).path
     bar = None
 
@@ -270,7 +271,7 @@ def run_experiment(args: argparse.Namespace) -> int:
         done = run_series(args.data, args.kind, config, lambda index, arm: out / f"{index}-{_slug(arm.name)}",
                           workdir=out, emit=emit, should_stop=stop, log=tqdm.write)
     if done.stopped:
-        print(f"experiment {done.stopped}: {len(done.run_dirs)} of {len(arms_for(args.kind, config))} runs finished")
+        print(f"experiment {done.stopped}: {len(done.run_dirs)} of {len(arms)} runs finished")
     if len(done.run_dirs) >= 2:
         comparison = compare(done.run_dirs)
         _print_comparison(comparison)

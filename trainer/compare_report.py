@@ -108,24 +108,17 @@ def figures(comparison: Comparison) -> dict:
 # ---------------------------------------------------------------- tables
 
 
-def _value(key: str, value) -> str:
+def _cell(key: str, value, delta) -> str:
+    """A figure as the tables show it, its difference from the first run after it (accuracy and F1 in points)."""
     if value is None:
         return "–"
     if key in PERCENT:
-        return f"{value:.1%}"
-    if key == "val_loss":
-        return f"{value:.4f}"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _delta(key: str, delta) -> str:
-    if delta is None:
-        return ""
-    if key in PERCENT:
-        return f" ({delta * 100:+.1f} pt)"
-    if key == "val_loss":
-        return f" ({delta:+.4f})"
-    return f" ({delta:+g})"
+        text, change = f"{value:.1%}", delta is not None and f"{delta * 100:+.1f} pt"
+    elif key == "val_loss":
+        text, change = f"{value:.4f}", delta is not None and f"{delta:+.4f}"
+    else:
+        text, change = f"{value:g}" if isinstance(value, float) else str(value), delta is not None and f"{delta:+g}"
+    return f"{text} ({change})" if change else text
 
 
 def metrics_frame(comparison: Comparison) -> pd.DataFrame:
@@ -134,7 +127,7 @@ def metrics_frame(comparison: Comparison) -> pd.DataFrame:
     for row in comparison.metrics():
         cells = {"metric": row["metric"]}
         for run, value, delta in zip(comparison.runs, row["values"], row["deltas"]):
-            cells[run.name] = _value(row["key"], value) + _delta(row["key"], delta)
+            cells[run.name] = _cell(row["key"], value, delta)
         rows.append(cells)
     return pd.DataFrame(rows)
 
@@ -163,7 +156,7 @@ def f1_frame(comparison: Comparison) -> pd.DataFrame:
     for row in comparison.per_class_f1():
         cells = {"class": row["class"]}
         for run, value, delta in zip(comparison.runs, row["values"], row["deltas"]):
-            cells[run.name] = _value("val_macro_f1", value) + _delta("val_macro_f1", delta)
+            cells[run.name] = _cell("val_macro_f1", value, delta)
         rows.append(cells)
     return pd.DataFrame(rows, columns=["class", *comparison.names])
 

@@ -513,10 +513,7 @@ def series_bounded(config: TrainConfig, arms: int) -> TrainConfig:
 
 
 def plan_experiment(request: gr.Request, data, weights_file, kind, *values) -> tuple:
-    """What an experiment will train, and for how long, before it starts: (its plan, the Run button).
-
-    The pretrained kind loads its weights here, so a machine without them says so before anything trains.
-    """
+    """What an experiment will train, and for how long, before it starts: (its plan, the Run button)."""
     try:
         config = bounded(_form_config(weights_file, values), request, weights_file)
         with user_errors():
@@ -528,14 +525,14 @@ def plan_experiment(request: gr.Request, data, weights_file, kind, *values) -> t
              f"{len(arms)} runs: {names}; every other setting as in the form ({config.arch}, {config.strategy}, "
              f"{config.epochs} epochs, LR {config.lr:g}). Same photos, split and seed in every run, so only "
              f"this choice differs."]
-    if kind == "pretrained":
-        try:
-            with user_errors():
-                check_weights(arms)
-        except gr.Error as exc:
-            lines.append(error_markdown(exc, "The pretrained run cannot start") +
-                         " Choose a weights file under Pretrained weights, or run another experiment.")
-            return "\n\n".join(lines), gr.update(interactive=False)
+    try:  # pretrained weights the runs need are loaded now, so a machine without them says so before anything trains
+        with user_errors():
+            check_weights(arms)
+    except gr.Error as exc:
+        lines.append(error_markdown(exc, "The pretrained run cannot start" if kind == "pretrained" else
+                                    "These runs cannot start") + " Choose a weights file under Pretrained weights"
+                     + (", or run another experiment." if kind == "pretrained" else ", or none."))
+        return "\n\n".join(lines), gr.update(interactive=False)
     if LIMITS.max_train_minutes:
         lines.append(f"This server gives an experiment the time of one training ({LIMITS.max_train_minutes:g} minutes): "
                      f"each run stops after {series_bounded(config, len(arms)).max_minutes:.3g} minutes, keeping its "
@@ -902,7 +899,7 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
                 api_visibility="private", show_progress_on=[plan_md])
     run_exp.click(train_starts, None, [status, progress_bar, live, final, *busy], queue=False,
                   api_visibility="private").then(
-        run_experiment_ui, [data_state, weights_file, kind, *settings[1:]], experiment_outputs, concurrency_limit=1,
+        run_experiment_ui, plan_inputs, experiment_outputs, concurrency_limit=1,
         concurrency_id="training", api_visibility="private", show_progress_on=[progress_bar]
     ).then(train_ends, None, [*busy, progress_bar], queue=False, api_visibility="private")
     # Queued (so the request carries the browser session), in its own slot: it never waits behind training.

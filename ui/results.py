@@ -20,15 +20,12 @@ from trainer.task import planned_head_lr
 from trainer.train import STOPPED_WORDS, EpochStats, FitResult
 
 TRAIN, VAL, PLANNED, USED = "#636efa", "#ef553b", "#b0b0b0", "#00cc96"
+HEIGHT = 280  # a run's charts sit three in a row
 MISTAKES_SHOWN = 24
 
 
 def _rows(history: list[EpochStats | dict]) -> list[dict]:
     return [vars(h) if isinstance(h, EpochStats) else h for h in history]
-
-
-def _figure(title: str, x_title: str, y_title: str, height: int = 280):
-    return base_figure(title, x_title, y_title, height)
 
 
 def epoch_table(history: list[EpochStats | dict]) -> pd.DataFrame:
@@ -48,7 +45,7 @@ def curves_figure(history: list[EpochStats | dict], metric: str):
     rows = _rows(history)
     epochs = [row["epoch"] for row in rows]
     accuracy = metric == "accuracy"
-    figure = _figure("Accuracy" if accuracy else "Loss", "epoch", metric)
+    figure = base_figure("Accuracy" if accuracy else "Loss", "epoch", metric, HEIGHT)
     for split, colour, dash in (("train", TRAIN, "dash"), ("val", VAL, "solid")):
         values = [row[f"{split}_{'acc' if accuracy else 'loss'}"] for row in rows]
         figure.add_trace(go.Scatter(x=epochs, y=values, name="validation" if split == "val" else split,
@@ -65,7 +62,7 @@ def lr_figure(planned: list[float] | None, used: list[float], steps_per_epoch: i
     """The head's LR at every optimizer step: the plan as a wide grey band, what was used drawn over it."""
     import plotly.graph_objects as go
 
-    figure = _figure("Head LR: used over planned", "optimizer step", "learning rate")
+    figure = base_figure("Head LR: used over planned", "optimizer step", "learning rate", HEIGHT)
     if planned:
         figure.add_trace(go.Scatter(x=list(range(len(planned))), y=planned, name="planned", mode="lines",
                                     line={"color": PLANNED, "width": 7, "shape": "hv"}, opacity=0.6))
@@ -160,7 +157,7 @@ def finder_update(result: LRFinderResult):
     """(the smoothed loss against the LR on a log axis with the suggestion marked, the words under it)."""
     import plotly.graph_objects as go
 
-    figure = _figure("LR finder: smoothed loss against the learning rate", "learning rate", "smoothed loss")
+    figure = base_figure("LR finder: smoothed loss against the learning rate", "learning rate", "smoothed loss", HEIGHT)
     figure.add_trace(go.Scatter(x=result.lr, y=result.loss, name="loss", mode="lines", line={"color": TRAIN}))
     suggested_loss = result.loss[min(range(len(result.lr)), key=lambda i: abs(result.lr[i] - result.suggested_lr))]
     figure.add_trace(go.Scatter(x=[result.suggested_lr], y=[suggested_loss], mode="markers+text",
