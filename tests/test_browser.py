@@ -262,7 +262,7 @@ def test_finetune_journey_upload_check_train_and_see_each_phase_and_the_results(
     # The per-class upload, Teachable-Machine style: its buttons are buttons.
     write_photos(tmp_path, per_class=4)
     choose(page, "ft-source", "Photos per class")
-    assert page.get_by_role("button", name="+ Add a class").is_visible()
+    page.get_by_role("button", name="+ Add a class").wait_for()  # waits until the source switch has shown it
     for i, name in enumerate(("red", "blue")):
         page.locator(f"#ft-class-{i} textarea, #ft-class-{i} input").first.fill(f"{name} things")
         page.locator(f"#ft-class-files-{i} input[type=file]").set_input_files(
