@@ -3,8 +3,11 @@
 The baseline is the loop from the classic transfer-learning tutorials, written faithfully:
 `ImageFolder` + `DataLoader` decoding every JPEG every epoch, the frozen backbone run forward on
 every image every epoch, the head trained, a validation phase each epoch keeping the best weights. Both sides use the same split, seed, head
-initialisation, batch order, optimizer and schedule, so the linear probe must end with the same
-head predictions. Each measurement runs in its own process so peak memory (max RSS) is its own.
+initialisation, optimizer and schedule, so the linear probe must end with the same head predictions.
+Then the unfrozen strategies against the loop unfrozen: finetune, full, partial (layer4 and the head,
+on layer3 activations computed once, checked against the same training without the cache) and, on
+CPUs with native bfloat16, each again with bf16 autocast + channels_last. Each measurement runs in its
+own process so peak memory (max RSS) is its own.
 
     python bench/bench_finetune.py --data ../shared/data/food4 --epochs 20
 """
@@ -26,19 +29,23 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def config_for(strategy: str, epochs: int, image_size: int):
+def config_for(strategy: str, epochs: int, image_size: int, precision: str = "fp32"):
     from trainer.config import ScheduleConfig, TrainConfig
 
     return TrainConfig(arch="resnet18", weights="none", strategy=strategy, augment="none", image_size=image_size,
-                       batch_size=32, seed=0, head_epochs=0, schedule=ScheduleConfig(lr=0.01, epochs=epochs))
+                       batch_size=32, seed=0, head_epochs=0, precision=precision,
+                       schedule=ScheduleConfig(lr=0.01, epochs=epochs))
 
 
-def run_ours(data: str, strategy: str, epochs: int, image_size: int) -> dict:
+def run_ours(data: str, strategy: str, epochs: int, image_size: int, precision: str = "fp32", cache: bool = True) -> dict:
+    import trainer.task
     from trainer.train import fit
 
+    if not cache:  # as if the photos were too many to cache: the frozen part runs at every step
+        trainer.task.MAX_CACHED_BYTES = 0
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        result = fit(data, config_for(strategy, epochs, image_size), Path(out) / "run", export=False)
+        result = fit(data, config_for(strategy, epochs, image_size, precision), Path(out) / "run", export=False)
         train_images = json.loads((Path(out) / "run" / "data_report.json").read_text())["totals"]["train"]
     val = sorted(result.predictions["val"])
     seconds = time.perf_counter() - started
@@ -130,12 +137,19 @@ def run_plain(data: str, strategy: str, epochs: int, image_size: int) -> dict:
             "images_per_second": len(train_set) * epochs / seconds}
 
 
-def measure(side: str, data: str, strategy: str, epochs: int, image_size: int) -> dict:
+def measure(side: str, data: str, strategy: str, epochs: int, image_size: int, precision: str = "fp32",
+            cache: bool = True) -> dict:
     """One measurement in a fresh process: its time, predictions and peak memory."""
     done = subprocess.run([sys.executable, __file__, "--one", side, "--data", data, "--strategy", strategy,
-                           "--epochs", str(epochs), "--image-size", str(image_size)],
+                           "--epochs", str(epochs), "--image-size", str(image_size), "--precision", precision,
+                           *([] if cache else ["--no-cache"])],
                           capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def same_predictions(a: dict, b: dict) -> float:
+    assert a["paths"] == b["paths"]
+    return sum(x == y for x, y in zip(a["predictions"], b["predictions"])) / len(a["predictions"])
 
 
 def main() -> None:
@@ -145,30 +159,50 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=2, help="epochs for the unfrozen throughput runs")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--strategy", default="linear-probe")
+    parser.add_argument("--skip-linear-probe", action="store_true", help="only the unfrozen strategies")
+    parser.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    parser.add_argument("--no-cache", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--one", choices=("ours", "plain"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one == "ours":
+        result = run_ours(args.data, args.strategy, args.epochs, args.image_size, args.precision, not args.no_cache)
+    elif args.one == "plain":
+        result = run_plain(args.data, args.strategy, args.epochs, args.image_size)
     if args.one:
-        result = (run_ours if args.one == "ours" else run_plain)(args.data, args.strategy, args.epochs, args.image_size)
         result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
 
     print(f"data {args.data}, resnet18 (weights none), {args.image_size}px, {os.cpu_count()} CPU cores, seed 0, no augmentation")
-    ours = measure("ours", args.data, "linear-probe", args.epochs, args.image_size)
-    plain = measure("plain", args.data, "linear-probe", args.epochs, args.image_size)
-    assert ours["paths"] == plain["paths"]
-    same = sum(a == b for a, b in zip(ours["predictions"], plain["predictions"])) / len(ours["predictions"])
-    print(f"linear-probe, {args.epochs} epochs: ours {ours['seconds']:.1f}s, plain loop {plain['seconds']:.1f}s, "
-          f"speed-up {plain['seconds'] / ours['seconds']:.1f}x; same head predictions on {same:.1%} of val photos; "
-          f"val acc {ours['val_accuracy']:.3f} vs {plain['val_accuracy']:.3f}; "
-          f"peak RSS {ours['peak_rss_mb']:.0f} MB vs {plain['peak_rss_mb']:.0f} MB")
-    for strategy in ("finetune", "full"):
-        ours = measure("ours", args.data, strategy, args.finetune_epochs, args.image_size)
-        plain = measure("plain", args.data, "full", args.finetune_epochs, args.image_size)
-        print(f"{strategy}, {args.finetune_epochs} epochs: ours {ours['images_per_second']:.1f} img/s, "
-              f"plain unfrozen loop {plain['images_per_second']:.1f} img/s, "
-              f"ratio {ours['images_per_second'] / plain['images_per_second']:.2f}x; "
+    if not args.skip_linear_probe:
+        ours = measure("ours", args.data, "linear-probe", args.epochs, args.image_size)
+        plain = measure("plain", args.data, "linear-probe", args.epochs, args.image_size)
+        same = same_predictions(ours, plain)
+        print(f"linear-probe, {args.epochs} epochs: ours {ours['seconds']:.1f}s, plain loop {plain['seconds']:.1f}s, "
+              f"speed-up {plain['seconds'] / ours['seconds']:.1f}x; same head predictions on {same:.1%} of val photos; "
+              f"val acc {ours['val_accuracy']:.3f} vs {plain['val_accuracy']:.3f}; "
               f"peak RSS {ours['peak_rss_mb']:.0f} MB vs {plain['peak_rss_mb']:.0f} MB")
+    from trainer.step import cpu_has_native_bf16
+
+    epochs = args.finetune_epochs
+    plain = measure("plain", args.data, "full", epochs, args.image_size)
+    print(f"\nunfrozen, {epochs} epochs, same photos; the plain unfrozen loop: {plain['images_per_second']:.1f} img/s, "
+          f"{plain['seconds']:.1f} s end to end, val acc {plain['val_accuracy']:.3f}, "
+          f"peak RSS {plain['peak_rss_mb']:.0f} MB")
+    precisions = ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
+    if len(precisions) == 1:
+        print("this CPU has no native bfloat16 (AVX512-BF16 or AMX): bf16 rows left out")
+    for strategy in ("full", "finetune", "partial"):
+        for precision in precisions:
+            ours = measure("ours", args.data, strategy, epochs, args.image_size, precision)
+            print(f"{strategy:>8} {precision}: {ours['images_per_second']:.1f} img/s, {ours['seconds']:.1f} s end to end, "
+                  f"{plain['seconds'] / ours['seconds']:.2f}x the loop; val acc {ours['val_accuracy']:.3f}; "
+                  f"peak RSS {ours['peak_rss_mb']:.0f} MB")
+    cached = measure("ours", args.data, "partial", epochs, args.image_size)
+    uncached = measure("ours", args.data, "partial", epochs, args.image_size, cache=False)
+    print(f"partial with layer3 activations cached {cached['seconds']:.1f} s vs computed every step "
+          f"{uncached['seconds']:.1f} s: {uncached['seconds'] / cached['seconds']:.1f}x faster; "
+          f"same predictions on {same_predictions(cached, uncached):.1%} of val photos")
 
 
 if __name__ == "__main__":

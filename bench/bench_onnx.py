@@ -1,16 +1,20 @@
 """Benchmark: ONNX Runtime (fp32, INT8; fp16 on CUDA) against PyTorch eager for ResNet-18 at 224 px.
 
-    python bench/bench_onnx.py                        # CPU: ORT fp32 vs torch, INT8 vs fp32
-    python bench/bench_onnx.py --run RUN_DIR --data ../shared/data/food4   # + INT8 accuracy on food4/test
+    python bench/bench_onnx.py                        # CPU: torch fp32 / bf16, ORT fp32 / INT8
+    python bench/bench_onnx.py --run RUN_DIR --data ../shared/data/food4   # + accuracy on food4/test, served variant
     python bench/bench_onnx.py --device cuda          # ORT CUDA fp32/fp16 vs torch fp32/bf16
 
 Weights are random (weights="none"): ImageNet weights cannot be downloaded offline, and speed does
 not depend on the values. Targets: ORT fp32 >= 1.5x torch eager on CPU at the same thread count.
+Torch bf16 (autocast bfloat16, channels_last) is a peer on CPUs with native bfloat16 (AVX512-BF16 or
+AMX); elsewhere it is emulated, slower than fp32, and left out. With --run, the variant the run's
+export chose to serve (the fastest within 1 point of fp32's validation accuracy) is printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -25,10 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from models.backbones import create_model, preprocessing_for  # noqa: E402
 from models.export import export_onnx, export_run, write_fp16, write_int8  # noqa: E402
 from models.run_folder import RunFolder  # noqa: E402
-from models.runtime import INPUT_NAME, LOGITS_NAME, OnnxClassifier  # noqa: E402
+from models.runtime import INPUT_NAME, LOGITS_NAME, VARIANT_NAMES, OnnxClassifier, run_variants  # noqa: E402
+from trainer.step import cpu_has_native_bf16  # noqa: E402
 
 IMAGE_SIZE = 224
 NUM_CLASSES = 1000
+BATCHES = (1, 32)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -74,30 +80,48 @@ def bench_cpu(args, folder: Path) -> None:
     fp32 = OnnxClassifier(fp32_path, providers="cpu", intra_op_threads=args.threads)
     int8 = OnnxClassifier(int8_path, providers="cpu", intra_op_threads=args.threads)
 
-    print(f"CPU, {args.threads} threads, ResNet-18 {IMAGE_SIZE} px, random weights; images/s (median step)")
-    print(f"{'batch':>5} {'torch eager':>12} {'ORT fp32':>10} {'ORT int8':>10} {'fp32/torch':>11} {'int8/fp32':>10}")
-    for batch in (1, 32):
+    bf16 = cpu_has_native_bf16()
+    # Plain torch as a person serving it would: bfloat16 autocast on channels_last weights and inputs,
+    # which lets oneDNN use AMX / AVX512-BF16 (training's "auto" precision on this CPU does the same).
+    bf16_model = copy.deepcopy(model).to(memory_format=torch.channels_last) if bf16 else None
+
+    def torch_step(net, xt, dtype=None):
+        def step():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                net(xt)
+
+        return step
+
+    engines = ["torch fp32 (eager)", *(["torch bf16 (autocast, channels_last)"] if bf16 else []), "ORT fp32", "ORT INT8"]
+    results: dict[str, dict[int, float]] = {name: {} for name in engines}
+    for batch in BATCHES:
         x = rng.standard_normal((batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
         xt = torch.from_numpy(x)
+        results["torch fp32 (eager)"][batch] = timed(torch_step(model, xt), batch, args.seconds)
+        if bf16:
+            x_last = xt.contiguous(memory_format=torch.channels_last)
+            results[engines[1]][batch] = timed(torch_step(bf16_model, x_last, torch.bfloat16), batch, args.seconds)
+        results["ORT fp32"][batch] = timed(lambda: fp32.session.run([LOGITS_NAME], {INPUT_NAME: x}), batch, args.seconds)
+        results["ORT INT8"][batch] = timed(lambda: int8.session.run([LOGITS_NAME], {INPUT_NAME: x}), batch, args.seconds)
 
-        def torch_step():
-            with torch.inference_mode():
-                model(xt)
-
-        torch_ips = timed(torch_step, batch, args.seconds)
-        fp32_ips = timed(lambda: fp32.session.run([LOGITS_NAME], {INPUT_NAME: x}), batch, args.seconds)
-        int8_ips = timed(lambda: int8.session.run([LOGITS_NAME], {INPUT_NAME: x}), batch, args.seconds)
-        print(
-            f"{batch:>5} {torch_ips:>12.1f} {fp32_ips:>10.1f} {int8_ips:>10.1f} "
-            f"{fp32_ips / torch_ips:>10.2f}x {int8_ips / fp32_ips:>9.2f}x"
-        )
+    print(f"CPU, {args.threads} threads, ResNet-18 {IMAGE_SIZE} px, random weights; images/s (median step)")
+    print(f"{'engine':<38}" + "".join(f"{f'batch {b}':>10}" for b in BATCHES) + f"{'vs ORT fp32':>13}{'vs torch fp32':>15}")
+    for name in engines:
+        figures = results[name]
+        row = "".join(f"{figures[b]:>10.1f}" for b in BATCHES)
+        # Ratios at the largest batch: the throughput a "Classify all" sees.
+        big = BATCHES[-1]
+        ratios = f"{figures[big] / results['ORT fp32'][big]:>12.2f}x{figures[big] / results['torch fp32 (eager)'][big]:>14.2f}x"
+        print(f"{name:<38}{row}{ratios}")
+    if not bf16:
+        print("torch bf16: left out, this CPU has no native bfloat16 (AVX512-BF16 or AMX); emulated it is slower than fp32")
 
 
 def bench_accuracy(run: Path, data: Path, threads: int) -> None:
     """fp32 vs INT8 accuracy of a trained run on the dataset's test/ photos (never seen in training)."""
     folder = RunFolder(run)
-    if not folder.onnx("int8").is_file():
-        print(f"exporting {run} with --int8 (calibrated on its validation photos)...")
+    if not folder.onnx("int8").is_file() or "served" not in (folder.read_metrics().get("export") or {}):
+        print(f"exporting {run} (INT8 calibrated on its validation photos; every variant timed)...")
         export_run(run, int8=True)
     fp32 = OnnxClassifier(folder.onnx("fp32"), providers="cpu", intra_op_threads=threads)
     int8 = OnnxClassifier(folder.onnx("int8"), providers="cpu", intra_op_threads=threads)
@@ -116,6 +140,18 @@ def bench_accuracy(run: Path, data: Path, threads: int) -> None:
         f"{data.name}/test, {len(photos)} photos: fp32 accuracy {acc['fp32']:.2%}, int8 {acc['int8']:.2%} "
         f"(change {100 * (acc['int8'] - acc['fp32']):+.1f} points), top-1 agreement {agreement:.2%}"
     )
+    print_served(run)
+
+
+def print_served(run: Path) -> None:
+    """The variant the run's export chose to serve, with the figures it chose on (measured at export)."""
+    variants = run_variants(run)
+    fp32 = next((v.images_per_s for v in variants if v.name == "fp32"), None)
+    default = next(v for v in variants if v.default)
+    print(f"Served by default: {VARIANT_NAMES[default.name]} (the export's choice: the fastest within 1 point of "
+          "fp32's validation accuracy, both measured at export)")
+    for variant in variants:
+        print(f"  {variant.label(fp32)}{' (served)' if variant.default else ''}")
 
 
 def bench_cuda(args, folder: Path) -> None:

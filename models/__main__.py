@@ -9,6 +9,8 @@ import argparse
 import json
 import sys
 
+from models.run_folder import ONNX_VARIANTS
+
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m models", description="Export and serve trained runs.")
@@ -16,8 +18,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="export a run folder to ONNX and check it against PyTorch")
     export.add_argument("run_dir", metavar="RUN_DIR")
-    export.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for CUDA)")
-    export.add_argument("--int8", action="store_true", help="also write model.int8.onnx (static INT8, for CPU)")
+    export.add_argument("--fp16", action=argparse.BooleanOptionalAction, default=None,
+                        help="also write model.fp16.onnx (default: only where ONNX Runtime can use CUDA)")
+    export.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                        help="also write model.int8.onnx (static INT8, for CPU; default: yes)")
     export.set_defaults(func=export_command)
 
     predict = commands.add_parser("predict", help="classify photos with an exported model")
@@ -26,6 +30,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5, help="predictions per image (default: 5)")
     predict.add_argument("--json", action="store_true", help="print a JSON array, one entry per image")
     predict.add_argument("--providers", choices=("auto", "cpu", "cuda"), default="auto")
+    predict.add_argument("--variant", choices=tuple(ONNX_VARIANTS),
+                         help="which of a run folder's exported models (default: the one its export chose)")
     predict.set_defaults(func=predict_command)
 
     push = commands.add_parser("push", help="push a run to the Hugging Face Hub (token: HF_TOKEN or your login)")
@@ -73,7 +79,7 @@ def export_command(args) -> int:
     from models.export import ExportError, export_run
 
     try:
-        record = export_run(args.run_dir, fp16=args.fp16, int8=args.int8)
+        record = export_run(args.run_dir, fp16=args.fp16, int8=True if args.int8 is None else args.int8)
     except ExportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -81,7 +87,10 @@ def export_command(args) -> int:
     print(f"Checked on {inputs['count']} inputs ({inputs['source']}), opset {record['opset']}:")
     for kind, variant in record["variants"].items():
         print(f"  {kind}: {_describe_variant(variant)}")
-    return 1 if any(v["passed"] is False for v in record["variants"].values()) else 0
+    print(f"Served by default: {record['served']} (the fastest that passed, within 1 point of fp32's accuracy)")
+    # A variant asked for by name that failed is an error; one made by default is only not served.
+    asked = [kind for kind in ("fp16", "int8") if getattr(args, kind)]
+    return 1 if any(record["variants"][kind]["passed"] is False for kind in asked if kind in record["variants"]) else 0
 
 
 def _describe_variant(variant: dict) -> str:
@@ -96,21 +105,28 @@ def _describe_variant(variant: dict) -> str:
         text += f", accuracy {variant['accuracy']:.1%}"
     if "accuracy_change" in variant:
         text += f" ({100 * variant['accuracy_change']:+.1f} points)"
+    speed = variant.get("speed") or {}
+    if "images_per_s" in speed:
+        text += f", {speed['images_per_s']:.0f} img/s (batch {speed['batch']}, {speed['provider']})"
+    elif "failure" in speed:
+        text += f", speed not measured: {speed['failure']}"
     if not variant["passed"]:
         text += f" FAILED, file removed: {variant['failure']}"
     return text
 
 
 def predict_command(args) -> int:
-    from models.runtime import ModelLoadError, OnnxClassifier, resolve_model
+    from models.runtime import VARIANT_NAMES, ModelLoadError, OnnxClassifier, resolve_model_choice
 
     try:
-        results = OnnxClassifier(resolve_model(args.model), providers=args.providers).predict_files(
-            args.images, top_k=args.top_k
-        )
+        choice = resolve_model_choice(args.model, variant=args.variant)
+        results = OnnxClassifier(choice.path, providers=args.providers).predict_files(args.images, top_k=args.top_k)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if choice.variant:  # on stderr: stdout stays one line (or one JSON entry) per image
+        how = "the run's default" if choice.variant == choice.default else "as picked"
+        print(f"Served by {VARIANT_NAMES[choice.variant]} ({choice.path.name}), {how}", file=sys.stderr)
     if args.json:
         print(json.dumps(results, indent=2))
     else:

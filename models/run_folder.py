@@ -19,8 +19,10 @@ code: the training config stays a dict here, and `trainer.config.RunConfig.from_
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.atomic import write_json
@@ -55,13 +57,15 @@ class RunRecord:
     labels: list[str]
     preprocessing: PreprocessSpec
     train: dict  # trainer.config.TrainConfig.to_dict(); RunConfig.from_dict turns it back into types
+    trained_on: dict = field(default_factory=dict)  # how it was trained: {"processes": 2, "backend": "gloo"}
 
     @property
     def arch(self) -> str:
         return self.train.get("arch", "resnet18")
 
     def to_dict(self) -> dict:
-        return {"labels": list(self.labels), "preprocessing": self.preprocessing.to_dict(), "train": self.train}
+        return {"labels": list(self.labels), "preprocessing": self.preprocessing.to_dict(), "train": self.train,
+                "trained_on": self.trained_on}
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunRecord":
@@ -72,7 +76,10 @@ class RunRecord:
         train = d["train"]
         if not isinstance(train, dict):
             raise ValueError("train must be a JSON object")
-        return cls(list(labels), PreprocessSpec.from_dict(d["preprocessing"]), train)
+        trained_on = d.get("trained_on", {})  # runs written before it was recorded lack it
+        if not isinstance(trained_on, dict):
+            raise ValueError("trained_on must be a JSON object")
+        return cls(list(labels), PreprocessSpec.from_dict(d["preprocessing"]), train, trained_on)
 
 
 class RunFolder:
@@ -253,3 +260,25 @@ class RunFolder:
             and not path.name.startswith(".")
             and not path.name.endswith(".zip")
         ]
+
+
+def publish_run(unfinished: str | Path, out: str | Path) -> RunFolder:
+    """Move a run written in `unfinished` to `out`, replacing what is there, in (almost) one rename.
+
+    A zip's photos travel with it: the data report's root is made to point at their new place.
+    """
+    unfinished, out = Path(unfinished).resolve(), Path(out)
+    folder = RunFolder(unfinished)
+    report = folder.read_data_report()
+    root = Path(report.get("root") or "")
+    if root.is_relative_to(unfinished):
+        folder.write_data_report({**report, "root": str(out.resolve() / root.relative_to(unfinished))})
+    if out.exists():
+        replaced = out.parent / f".{out.name}.replaced"
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(out, replaced)
+        os.replace(unfinished, out)
+        shutil.rmtree(replaced, ignore_errors=True)
+    else:
+        os.replace(unfinished, out)
+    return RunFolder(out)

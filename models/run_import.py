@@ -90,7 +90,7 @@ def _run_members(archive: zipfile.ZipFile, name: str) -> dict[str, zipfile.ZipIn
         entry = info.filename.replace("\\", "/")
         parts = tuple(p for p in entry.split("/") if p not in ("", "."))
         if entry.startswith("/") or re.match(r"^[A-Za-z]:", entry) or ".." in parts:
-            raise RunFolderError(f"{name} is unsafe: the entry {info.filename!r} points outside the archive folder")
+            raise RunFolderError(f"{name} is unsafe: the entry {info.filename!r} points outside its folder")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise RunFolderError(f"{name} is unsafe: the entry {info.filename!r} is a symbolic link")
         if info.flag_bits & 0x1:

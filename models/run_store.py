@@ -121,7 +121,8 @@ class RunStore:
     def runs(self, visitor: str) -> list[RunInfo]:
         """This visitor's runs (those training or interrupted included), newest first."""
         folder = self.visitor_dir(visitor)
-        found = [self._info(p) for p in folder.iterdir() if p.is_dir() and RunFolder(p).has_config()] if folder.is_dir() else []
+        found = [self._info(p) for p in folder.iterdir()
+                 if p.is_dir() and not p.name.startswith(".") and RunFolder(p).has_config()] if folder.is_dir() else []
         return sorted((info for info in found if info), key=lambda r: r.created, reverse=True)
 
     def find(self, run_id: str) -> Path:

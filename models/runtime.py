@@ -1,5 +1,9 @@
 """Serving an exported model with ONNX Runtime: OnnxClassifier, execution-provider choice, model references.
 
+A run folder serves one of its exported variants (fp32, fp16, INT8): the one its export chose
+(metrics.json["export"]["served"]: the fastest within 1 point of fp32's validation accuracy) unless
+the caller picks another; a run exported before that choice was recorded serves fp32.
+
 Imports no torch (directly or through another module): a server needs only onnxruntime, numpy and
 PIL. Preprocessing is the PreprocessSpec stored in the .onnx file's metadata, the one training used.
 """
@@ -14,13 +18,14 @@ import os
 import re
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from models.preprocess import PreprocessSpec, UnreadableImage, load_rgb, to_rgb
-from models.run_folder import RunFolder
+from models.run_folder import METRICS, ONNX_VARIANTS, RunFolder, RunFolderError
 
 # The metadata_props keys every exported model carries (models.export writes them).
 METADATA_KEYS = ("labels", "preprocessing", "config")
@@ -49,30 +54,117 @@ class ModelLoadError(ValueError):
     """A model that cannot be served; the message says which file and what is wrong with it."""
 
 
-def resolve_model(ref: str | os.PathLike, hub_login: bool = True) -> Path:
-    """The .onnx file a model reference names: an .onnx path, or a run folder (its model.onnx).
+# How variants are named to people: "INT8 · val 53% · 199 img/s (3.2x fp32)".
+VARIANT_NAMES = {"fp32": "fp32", "fp16": "fp16", "int8": "INT8"}
 
-    An existing path always wins; `hf://user/name` downloads the repo's model.onnx (cached by
-    huggingface_hub), with this machine's Hub login only when `hub_login`.
+
+@dataclass(frozen=True)
+class RunVariant:
+    """One exported model of a run folder, with the figures its export recorded (None where it recorded none)."""
+
+    name: str  # a key of ONNX_VARIANTS: "fp32", "fp16", "int8"
+    path: Path
+    accuracy: float | None  # on the validation inputs the export was checked on
+    images_per_s: float | None  # measured at export, on the machine that exported it
+    default: bool  # the one the run serves unless another is picked
+
+    def label(self, fp32_images_per_s: float | None = None) -> str:
+        """For pickers: "INT8 · val 53% · 199 img/s (3.2x fp32)", "fp32 · val 54% · 62 img/s"."""
+        parts = [VARIANT_NAMES[self.name]]
+        if self.accuracy is not None:
+            parts.append(f"val {self.accuracy:.0%}")
+        if self.images_per_s:
+            speed = f"{self.images_per_s:.0f} img/s"
+            if self.name != "fp32" and fp32_images_per_s:
+                speed += f" ({self.images_per_s / fp32_images_per_s:.1f}x fp32)"
+            parts.append(speed)
+        return " · ".join(parts)
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The .onnx file a reference resolved to, and for a run folder which of its variants that is."""
+
+    path: Path
+    variant: str | None = None  # None: a single .onnx file, served as it is
+    default: str | None = None  # the run's default variant
+
+
+def run_variants(run_dir: str | os.PathLike) -> list[RunVariant]:
+    """A run folder's exported models whose files exist, fp32 first, with their export figures.
+
+    The default is the variant the export chose (metrics.json["export"]["served"]); fp32 for a run
+    exported before that choice was recorded, or whose chosen file is gone.
+    """
+    run = RunFolder(run_dir)
+    try:
+        export = (run.read_metrics() if run.file(METRICS).is_file() else {}).get("export") or {}
+        records = export.get("variants") or {}
+    except (RunFolderError, AttributeError):  # unreadable figures do not stop the model being served
+        export, records = {}, {}
+    present = [name for name in ONNX_VARIANTS if run.onnx(name).is_file()]
+    default = export.get("served") if export.get("served") in present else "fp32"
+    variants = []
+    for name in present:
+        record = records.get(name) if isinstance(records.get(name), dict) else {}
+        speed = record.get("speed") if isinstance(record.get("speed"), dict) else {}
+        accuracy, images_per_s = record.get("accuracy"), speed.get("images_per_s")
+        variants.append(RunVariant(
+            name, run.onnx(name),
+            accuracy if isinstance(accuracy, (int, float)) else None,
+            images_per_s if isinstance(images_per_s, (int, float)) else None,
+            name == default,
+        ))
+    return variants
+
+
+def choose_run_variant(run_dir: str | os.PathLike, variant: str | None = None, name: str | None = None) -> ModelChoice:
+    """The run folder's default variant, or `variant` when given; ModelLoadError naming the run (`name`) if absent."""
+    name = name or str(run_dir)
+    variants = {v.name: v for v in run_variants(run_dir)}
+    if "fp32" not in variants:
+        fp32 = RunFolder(run_dir).onnx()
+        raise ModelLoadError(f"{name} has no exported model yet ({fp32.name})")
+    default = next(v.name for v in variants.values() if v.default)
+    variant = (variant or "").strip().lower() or default  # "INT8", as pickers show it, names int8
+    if variant not in ONNX_VARIANTS:
+        raise ModelLoadError(f"Invalid variant {variant!r}. Choose one of: {', '.join(ONNX_VARIANTS)}")
+    if variant not in variants:
+        raise ModelLoadError(f"{name} has no {VARIANT_NAMES[variant]} model ({ONNX_VARIANTS[variant]}); "
+                             f"its models: {', '.join(variants)}")
+    return ModelChoice(variants[variant].path, variant, default)
+
+
+def resolve_model(ref: str | os.PathLike, hub_login: bool = True) -> Path:
+    """The .onnx file a model reference names: an .onnx path, or a run folder (its default variant)."""
+    return resolve_model_choice(ref, hub_login).path
+
+
+def resolve_model_choice(ref: str | os.PathLike, hub_login: bool = True, variant: str | None = None) -> ModelChoice:
+    """The .onnx file a model reference names, and which variant of a run folder it is.
+
+    A run folder serves its default variant, or `variant`; anything else is served as it is, and
+    naming a variant for it is an error. An existing path always wins; `hf://user/name` downloads
+    the repo's model.onnx (cached by huggingface_hub), with this machine's Hub login only when `hub_login`.
     """
     path = Path(ref)
     if path.is_dir():
         model = RunFolder(path).onnx()
         if not model.is_file():
-            raise ModelLoadError(
-                f"{path} has no {model.name}; export the run first: python -m models export {path}"
-            )
-        return model
+            raise ModelLoadError(f"{path} has no {model.name}; export the run first: python -m models export {path}")
+        return choose_run_variant(path, variant)
+    if not path.is_file() and not str(ref).startswith("hf://"):
+        raise ModelLoadError(f"No model at {ref}: expected an .onnx file or a run folder")
+    if (variant or "").strip():
+        raise ModelLoadError(f"{ref} is a single model, served as it is; a variant picks one of a run folder's models")
     if path.is_file():
-        return path
-    if str(ref).startswith("hf://"):
-        from models.hub import HubError, download_model
+        return ModelChoice(path)
+    from models.hub import HubError, download_model
 
-        try:
-            return download_model(str(ref), use_login=hub_login)
-        except HubError as exc:
-            raise ModelLoadError(str(exc)) from None
-    raise ModelLoadError(f"No model at {ref}: expected an .onnx file or a run folder")
+    try:
+        return ModelChoice(download_model(str(ref), use_login=hub_login))
+    except HubError as exc:
+        raise ModelLoadError(str(exc)) from None
 
 
 def available_threads() -> int:

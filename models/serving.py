@@ -1,7 +1,9 @@
 """Serving many callers: a model reference resolved to its .onnx file, one shared classifier per file.
 
 A reference is a run id from the store, "imagenet" (torchvision's ResNet-18, exported once on first
-use), `hf://user/name`, or, for a person on their own machine, an .onnx path or a run folder.
+use), `hf://user/name`, or, for a person on their own machine, an .onnx path or a run folder. A run
+serves its default variant (models.runtime.run_variants) or the one the caller picks; every answer
+says which.
 Loaded classifiers are kept for the most recently used files only (TRANSFER_STUDIO_MAX_MODELS), and
 a model whose first photo takes too long is refused (TRANSFER_STUDIO_MODEL_WARMUP_SECONDS).
 Messages name a model file by its base name, never by its path on the server.
@@ -16,12 +18,12 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 from models.job_slot import SlotAbandoned, job_slot
-from models.run_folder import RunFolder
 from models.run_store import RunStore
-from models.runtime import ModelLoadError, OnnxClassifier, resolve_model
+from models.runtime import ModelChoice, ModelLoadError, OnnxClassifier, choose_run_variant, resolve_model_choice
 
 IMAGENET = "imagenet"  # the reference of the default ImageNet classifier
 IMAGENET_ARCH = "resnet18"
@@ -30,6 +32,17 @@ IMAGENET_ARCH = "resnet18"
 MAX_MODELS_ENV, DEFAULT_MAX_MODELS = "TRANSFER_STUDIO_MAX_MODELS", 8
 # A ResNet-50 classifies its first photo in well under a second on two CPU cores, lazy set-up included.
 WARMUP_ENV, DEFAULT_WARMUP_S = "TRANSFER_STUDIO_MODEL_WARMUP_SECONDS", 10.0
+
+
+@dataclass(frozen=True)
+class Classified:
+    """What classify() answers: per-photo results in order, and which model served them, where, how fast."""
+
+    results: list[dict]  # {"path", "predictions": [{"label", "score"}]} or {"path", "error"}
+    provider: str
+    latency_ms: float
+    variant: str | None  # the run's variant that served ("fp32", "int8"...); None for a single model file
+    default: str | None  # the run's default variant
 
 
 def _positive_from_env(name: str, default, kind):
@@ -85,25 +98,29 @@ class ModelServer:
 
     def model_path(self, ref: str, local_paths: bool) -> Path:
         """The .onnx file a reference names; paths only when `local_paths` (the caller is on this machine)."""
+        return self.choose_model(ref, local_paths).path
+
+    def choose_model(self, ref: str, local_paths: bool, variant: str | None = None) -> ModelChoice:
+        """The .onnx file a reference names and, for a run, which variant: `variant`, else the run's default."""
         ref = (ref or "").strip()
         if not ref:
             raise ModelLoadError("Choose a model: train one in the Fine-tune tab, upload an .onnx file, or pick ImageNet")
-        if ref == IMAGENET:
-            return self.imagenet_model()
-        if ref.startswith("hf://"):
-            return resolve_model(ref, hub_login=local_paths)  # a visitor from elsewhere reads public repos only
+        named = ref == IMAGENET or ref.startswith("hf://")
         try:
-            run = self.store.find(ref)
+            run = None if named else self.store.find(ref)
         except ValueError:  # not a run id of this store
             run = None
         if run is not None:
-            model = RunFolder(run).onnx()
-            if not model.is_file():
-                raise ModelLoadError(f"Run {ref} has no exported model yet ({model.name})")
-            return model
-        if not local_paths:
-            raise ModelLoadError(f"Unknown model {ref!r}: give a run id from this app, or hf://user/name")
-        return resolve_model(ref)
+            return choose_run_variant(run, variant, name=f"Run {ref}")
+        if not named:
+            if not local_paths:
+                raise ModelLoadError(f"Unknown model {ref!r}: give a run id from this app, or hf://user/name")
+            return resolve_model_choice(ref, variant=variant)  # a path on this machine
+        if (variant or "").strip():
+            raise ModelLoadError(f"{ref} is a single model, served as it is; a variant picks one of a run's models")
+        if ref == IMAGENET:
+            return ModelChoice(self.imagenet_model())
+        return resolve_model_choice(ref, hub_login=local_paths)  # a visitor from elsewhere reads public repos only
 
     def classifier(self, path: Path) -> OnnxClassifier:
         """One shared session per model file (ONNX Runtime sessions are thread-safe); reloaded when the file changes.
@@ -138,9 +155,15 @@ class ModelServer:
         future.set_result(model)
         return model
 
-    def classify_files(self, paths: list[str], ref: str, top_k: int, local_paths: bool) -> tuple[list[dict], str, float]:
-        """(per-photo results in order, provider, latency in ms) for photos on disk."""
-        model = self.classifier(self.model_path(ref, local_paths))
+    def classify(self, paths: list[str], ref: str, top_k: int, local_paths: bool, variant: str | None = None) -> Classified:
+        """Photos on disk classified by the model `ref` names (a run: `variant`, else its default)."""
+        choice = self.choose_model(ref, local_paths, variant)
+        model = self.classifier(choice.path)
         started = time.perf_counter()
         results = model.predict_files(paths, top_k=int(top_k))
-        return results, model.provider, (time.perf_counter() - started) * 1000
+        return Classified(results, model.provider, (time.perf_counter() - started) * 1000, choice.variant, choice.default)
+
+    def classify_files(self, paths: list[str], ref: str, top_k: int, local_paths: bool) -> tuple[list[dict], str, float]:
+        """(per-photo results in order, provider, latency in ms) for photos on disk; a run serves its default."""
+        answer = self.classify(paths, ref, top_k, local_paths)
+        return answer.results, answer.provider, answer.latency_ms

@@ -91,6 +91,15 @@ def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(schedule=schedule, **base)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def float32_on_every_cpu():
+    """Precision "auto" means bfloat16 on CPUs with native bf16 (AMX, AVX512-BF16): the tests' figures would
+    depend on which machine runs them, so they see a CPU without it (tests of bf16 ask for it by name)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("trainer.step.cpu_has_native_bf16", lambda: False)
+        yield
+
+
 @pytest.fixture
 def photos(tmp_path) -> Path:
     return write_photos(tmp_path / "photos")

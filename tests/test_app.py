@@ -19,7 +19,7 @@ from models.run_store import RunStore
 from models.serving import ModelServer
 from trainer.config import ConfigError, ScheduleConfig, TrainConfig
 from trainer.schedules import ScheduleError, ValLossShape, lr_curve
-from ui import classify, errors, finetune, schedules, session
+from ui import classify, errors, finetune, folder_upload, schedules, session
 
 
 @pytest.fixture(scope="module")
@@ -220,6 +220,26 @@ def test_a_failed_check_shows_in_the_report_area_and_the_event_fails_without_a_p
     assert failed[1].startswith("**Cannot use these photos:** ") and "is not a valid .zip file" in failed[1]
 
 
+@pytest.mark.parametrize(
+    "picked, said",
+    [
+        (None, folder_upload.NOTHING_CHOSEN),  # Check pressed before a folder was chosen
+        ("food", folder_upload.NOTHING_CHOSEN),
+        ({"files": "all", "left_out": []}, folder_upload.NOT_WHOLE),
+        ({"files": [["food/a/1.jpg", 7]], "left_out": []}, folder_upload.NOT_WHOLE),
+        ({"files": [], "left_out": None}, folder_upload.NOT_WHOLE),
+        ({"files": [["food/a/1.jpg", "/etc/hostname"]], "left_out": []}, folder_upload.NOT_UPLOADED),
+        ({"name": "food", "files": [], "left_out": [], "count": 50_001}, "food holds 50,001 files; one upload may hold "
+         "at most 50,000. Choose a folder with fewer files"),
+        ({"files": [], "left_out": [], "bytes": "lots", "count": float("inf")}, "The upload holds no files"),
+    ],
+)
+def test_a_folder_value_the_page_did_not_make_answers_with_a_message(picked, said):
+    with pytest.raises(gr.Error) as refused:
+        finetune.check_photos(request("folder"), finetune.FOLDER_UPLOAD, None, "", 2, *NO_CLASSES, picked)
+    assert refused.value.message == said
+
+
 def test_server_folders_are_refused_when_the_request_is_not_local(tmp_path):
     remote = SimpleNamespace(session_hash="remote", client=SimpleNamespace(host="203.0.113.9"))
     with pytest.raises(gr.Error, match="own machine"):
@@ -355,7 +375,7 @@ def test_imagenet_weights_offline_show_the_whole_message_with_the_form_s_labels(
         raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
 
     monkeypatch.setattr(torch.hub, "urlopen", offline)
-    state = {"path": str(write_photos(tmp_path / "photos")), "report": {}}
+    state = {"path": str(write_photos(tmp_path / "photos")), "report": {"totals": {"train": 28, "val": 8, "test": 0}}}
     said = statuses(collect(finetune.train_model(request("offline"), state, *form(weights="imagenet"))))[-1]
     checkpoint = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     assert said == (
@@ -476,7 +496,17 @@ def test_a_run_opens_again_in_the_results_areas_for_its_owner_only(tmp_path):
 
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
-from models.runtime import OnnxClassifier  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+
+from gradio_client import handle_file  # noqa: E402
+
+from models.run_folder import ONNX_VARIANTS  # noqa: E402
+from models.runtime import VARIANT_NAMES, OnnxClassifier  # noqa: E402
+
+OLD_RUN = Path(__file__).resolve().parent / "fixtures" / "old-run"
+# The end of the Classify tab's answer for one photo; it starts with the run's model that served ("Served by ...").
+PROVIDER_AND_LATENCY = r"Provider: `CPUExecutionProvider`, \d+\.\d ms for this photo \(preprocessing included\)\."
 
 
 @pytest.fixture(scope="module")
@@ -488,14 +518,59 @@ def trained(tmp_path_factory):
     return final["run_id"], photos
 
 
+def served_model(run_id: str) -> tuple[str, Path]:
+    """The variant a run's export chose to serve by default, and its file."""
+    run = session.STORE.find(run_id)
+    served = json.loads((run / "metrics.json").read_text())["export"]["served"]
+    return served, run / ONNX_VARIANTS[served]
+
+
+@pytest.fixture(scope="module")
+def variants_run(trained):
+    """A copy of the trained run whose export recorded fp32 at 90% and 100 img/s, INT8 at 89% and 300 img/s,
+    and chose INT8 (figures fixed, so the picker's labels are known): (run id, photo folder)."""
+    run_id, path = session.STORE.new_run("clf-variants")
+    shutil.copytree(session.STORE.find(trained[0]), path, dirs_exist_ok=True)
+    if not (path / "model.int8.onnx").is_file():  # its INT8 missed its check: the fp32 file stands in
+        shutil.copy(path / "model.onnx", path / "model.int8.onnx")
+    metrics = json.loads((path / "metrics.json").read_text())
+    variants = metrics["export"]["variants"]
+    variants["fp32"].update(accuracy=0.9, speed={"images_per_s": 100.0})
+    variants["int8"] = {"file": "model.int8.onnx", "passed": True, "accuracy": 0.89, "speed": {"images_per_s": 300.0}}
+    metrics["export"]["served"] = "int8"
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    return run_id, trained[1]
+
+
+@pytest.fixture(scope="module")
+def old_run_id():
+    """tests/fixtures/old-run as an export before this one left it: model.onnx and model.int8.onnx with their
+    accuracy, no speeds and no choice of the model to serve (random weights: only which file serves matters)."""
+    from models.backbones import create_model
+    from models.export import export_onnx
+    from models.run_folder import RunFolder
+
+    run_id, path = session.STORE.new_run("clf-old")
+    shutil.copytree(OLD_RUN, path, dirs_exist_ok=True)
+    record = RunFolder(path).read_config()
+    torch.manual_seed(0)
+    export_onnx(create_model("resnet18", 3, "none").eval(), record.labels, record.preprocessing, record.train,
+                path / "model.onnx")
+    shutil.copy(path / "model.onnx", path / "model.int8.onnx")
+    RunFolder(path).merge_metrics(export={"opset": 20, "variants": {
+        "fp32": {"file": "model.onnx", "passed": True, "accuracy": 1.0},
+        "int8": {"file": "model.int8.onnx", "passed": True, "accuracy": 1.0, "accuracy_change": 0.0}}})
+    return run_id
+
+
 def test_classify_tab_answers_top_k_with_provider_and_latency(trained):
     run_id, photos = trained
     photo = str(photos / "red" / "red_00.jpg")
     scores, info = classify.classify_photo(photo, classify.MODEL_SOURCES[0], run_id, None, 2)
     assert len(scores) == 2 and sum(scores.values()) <= 1.0 + 1e-6
-    expected = OnnxClassifier(session.STORE.find(run_id) / "model.onnx").predict([photo], top_k=1)[0][0][0]
-    assert max(scores, key=scores.get) == expected
-    assert "CPUExecutionProvider" in info and " ms " in info
+    served, path = served_model(run_id)  # a training exports INT8 too; the faster within 1 point serves
+    assert max(scores, key=scores.get) == OnnxClassifier(path).predict([photo], top_k=1)[0][0][0]
+    assert re.fullmatch(rf"Served by \*\*{VARIANT_NAMES[served]}\*\*, this run's default\. {PROVIDER_AND_LATENCY}", info)
 
 
 def test_classifying_many_photos_lists_unreadable_ones(trained, tmp_path):
@@ -590,22 +665,69 @@ def test_classify_tab_starts_with_the_visitors_run_else_imagenet_when_it_can_be_
 
 
 def test_classify_endpoint_through_gradio_client(client, trained):
-    from gradio_client import handle_file
-
     run_id, photos = trained
     photo = str(photos / "blue" / "blue_03.jpg")
     result = client.predict(handle_file(photo), run_id, 3, api_name="/classify")
+    served, path = served_model(run_id)
     assert [p["label"] for p in result["predictions"]] == [
-        label for label, _ in OnnxClassifier(session.STORE.find(run_id) / "model.onnx").predict([photo], top_k=3)[0]]
+        label for label, _ in OnnxClassifier(path).predict([photo], top_k=3)[0]]
     assert result["provider"] == "CPUExecutionProvider" and result["latency_ms"] > 0
+    assert result["variant"] == served and set(result) == {"predictions", "provider", "latency_ms", "variant"}
+
+
+def test_the_exported_model_picker_lists_a_run_s_models_with_its_default_selected(variants_run, old_run_id):
+    picker = classify.variant_choices(classify.RUN, variants_run[0])
+    assert picker["choices"] == [("fp32 · val 90% · 100 img/s", "fp32"),
+                                 ("INT8 · val 89% · 300 img/s (3.0x fp32) · default", "int8")]
+    assert picker["value"] == "int8" and picker["visible"]
+    old = classify.variant_choices(classify.RUN, old_run_id)  # exported before speeds were measured: fp32 serves
+    assert old["choices"] == [("fp32 · val 100% · default", "fp32"), ("INT8 · val 100%", "int8")]
+    assert old["value"] == "fp32" and old["visible"]
+    for source, run_id in ((classify.ONNX_FILE, variants_run[0]), (classify.RUN, None), (classify.RUN, "no-such-run")):
+        hidden = classify.variant_choices(source, run_id)
+        assert (hidden["choices"], hidden["value"], hidden["visible"]) == ([], None, False)
+
+
+def test_classify_tab_serves_the_run_s_default_or_the_model_picked_and_says_which(variants_run, old_run_id):
+    run_id, photos = variants_run
+    photo = str(photos / "red" / "red_00.jpg")
+    default = rf"Served by \*\*INT8\*\*, this run's default\. {PROVIDER_AND_LATENCY}"
+    assert re.fullmatch(default, classify.classify_photo(photo, classify.RUN, run_id, None, 3)[1])
+    assert re.fullmatch(default, classify.classify_photo(photo, classify.RUN, run_id, None, 3, "int8")[1])
+    picked = r"Served by \*\*fp32\*\*, as picked \(this run's default is INT8\)\. "
+    assert re.fullmatch(picked + PROVIDER_AND_LATENCY, classify.classify_photo(photo, classify.RUN, run_id, None, 3, "fp32")[1])
+    message = classify.classify_many([photo], classify.RUN, run_id, None, 3, "fp32")[2]
+    assert re.fullmatch(picked + r"1 photos in \d+ ms on `CPUExecutionProvider`\.", message)
+    old_photo = str(OLD_RUN / "data" / "red" / "red_00.jpg")
+    info = classify.classify_photo(old_photo, classify.RUN, old_run_id, None, 3)[1]
+    assert re.fullmatch(rf"Served by \*\*fp32\*\*, this run's default\. {PROVIDER_AND_LATENCY}", info)
+    # An uploaded file is served as it is, whatever the picker held for a run.
+    onnx_file = str(session.STORE.find(run_id) / "model.int8.onnx")
+    assert re.fullmatch(PROVIDER_AND_LATENCY, classify.classify_photo(photo, classify.ONNX_FILE, run_id, onnx_file, 3, "fp32")[1])
+    with pytest.raises(gr.Error) as refused:
+        classify.classify_photo(photo, classify.RUN, run_id, None, 3, "fp16")
+    assert refused.value.message == f"Run {run_id} has no fp16 model (model.fp16.onnx); its models: fp32, int8"
+
+
+def test_classify_endpoint_serves_the_run_s_default_or_the_variant_asked_for_and_names_it(client, variants_run, old_run_id):
+    run_id, photos = variants_run
+    photo = handle_file(str(photos / "green" / "green_01.jpg"))
+    answered = {asked: client.predict(photo, run_id, 2, asked, api_name="/classify")["variant"]
+                for asked in ("", "fp32", "int8")}
+    assert answered == {"": "int8", "fp32": "fp32", "int8": "int8"}
+    old = client.predict(handle_file(str(OLD_RUN / "data" / "blue" / "blue_00.jpg")), old_run_id, 2, api_name="/classify")
+    assert old["variant"] == "fp32" and len(old["predictions"]) == 2
+    refusals = {(run_id, "int4"): "Invalid variant 'int4'. Choose one of: fp32, fp16, int8",
+                ("imagenet", "int8"): "imagenet is a single model, served as it is; a variant picks one of a run's models"}
+    for (model, asked), message in refusals.items():
+        with pytest.raises(Exception, match=f"^{re.escape(message)}$"):
+            client.predict(photo, model, 2, asked, api_name="/classify")
 
 
 def test_many_concurrent_classify_calls_all_answer_correctly(client, trained):
-    from gradio_client import handle_file
-
     run_id, photos = trained
     paths = sorted(str(p) for p in photos.rglob("*.jpg"))[:16]
-    expected = [top[0][0] for top in OnnxClassifier(session.STORE.find(run_id) / "model.onnx").predict(paths, top_k=1)]
+    expected = [top[0][0] for top in OnnxClassifier(served_model(run_id)[1]).predict(paths, top_k=1)]
 
     def call(path):
         return client.predict(handle_file(path), run_id, 1, api_name="/classify")["predictions"][0]["label"]
@@ -615,8 +737,6 @@ def test_many_concurrent_classify_calls_all_answer_correctly(client, trained):
 
 
 def test_classify_endpoint_refuses_unknown_models(client, trained):
-    from gradio_client import handle_file
-
     with pytest.raises(Exception, match="No model at|Unknown model"):
         client.predict(handle_file(str(trained[1] / "red" / "red_00.jpg")), "no-such-run", 3, api_name="/classify")
 

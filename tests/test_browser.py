@@ -4,6 +4,7 @@ Skipped (with the reason) where Chromium or Playwright is missing, as on a user'
 a missing browser fails instead. Each journey saves a screenshot under test-output/browser/.
 """
 
+import base64
 import os
 import re
 import shutil
@@ -12,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ASSETS, served_app, write_photos, zip_folder
+from trainer.data import size_words
+from ui import folder_upload
+from ui.limits import LOCAL_DEFAULTS, Limits
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-output" / "browser"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -302,7 +306,7 @@ def test_settings_show_only_what_applies_and_the_studio_schedule_says_what_it_ch
     choose(page, "ft-strategy", "finetune")
     page.locator("#ft-head-epochs").wait_for()
     assert visible(page, "#ft-head-lr-mult")
-    page.get_by_text("More settings: momentum, weight decay, label smoothing").click()
+    page.get_by_text("More settings: momentum, weight decay, label smoothing, BatchNorm, precision").click()
     page.locator("#ft-momentum").wait_for()
     choose(page, "ft-optimizer", "adamw")
     page.locator("#ft-momentum").wait_for(state="hidden")
@@ -428,6 +432,159 @@ def test_a_bad_upload_shows_its_whole_message_in_the_report_area(page, tmp_path)
     assert "Traceback" not in page.content()
 
 
+# ---------------------------------------------------------------- a folder of photos, picked or dropped
+
+def pick_folder(page, folder: Path) -> None:
+    """Choose a folder with the browser's folder picker, as a person does (Playwright gives the input a directory)."""
+    page.get_by_role("tab", name="Fine-tune").click()
+    choose(page, "ft-source", "A folder of photos")
+    page.locator("#ft-folder .ts-choose").wait_for()
+    page.locator("#ft-folder input[type=file]").set_input_files(str(folder))
+
+
+def photo_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*.jpg"))
+
+
+def sent_line(photos: int, folder: Path, left_out: int = 0) -> str:
+    """The picker's line once a folder is sent, its seconds as a pattern."""
+    tail = rf"; {left_out} other file{'s' if left_out != 1 else ''} not sent \(the report lists them\)\." if left_out else r"\."
+    return rf"Sent {photos} photos \({re.escape(size_words(photo_bytes(folder)))}\) from {folder.name} in \d+\.\d s{tail}"
+
+
+def uploaded_names() -> set[str]:
+    """The names of every file Gradio's upload route has stored in this test session."""
+    return {p.name for p in Path(os.environ["GRADIO_TEMP_DIR"]).rglob("*") if p.is_file()}
+
+
+def test_a_picked_folder_keeps_its_class_folders_and_a_train_val_layout_works_as_well(page, tmp_path):
+    food = write_photos(tmp_path / "food", per_class=5, classes=("red", "green", "blue"))
+    pick_folder(page, food)
+    wait_for_text(page, "#ft-report", "layout: class folders")
+    assert text_of(page, "#ft-report") == (
+        "3 classes, layout: class folders, validation: split (20%, seed 0).\n\n"
+        "class\ttrain\tval\ttest\nblue\t4\t1\t0\ngreen\t4\t1\t0\nred\t4\t1\t0")
+    assert re.fullmatch(sent_line(15, food), text_of(page, "#ft-folder .ts-status"))
+    page.locator("#ft-check").click()  # checking again takes the folder already sent
+    wait_for_text(page, "#ft-report", "layout: class folders")
+
+    split = tmp_path / "food-split"
+    write_photos(split / "train", per_class=4, classes=("red", "blue"))
+    write_photos(split / "val", per_class=2, classes=("red", "blue"), seed=1)
+    write_photos(split / "test", per_class=1, classes=("red", "blue"), seed=2)
+    page.locator("#ft-folder input[type=file]").set_input_files(str(split))
+    wait_for_text(page, "#ft-report", "layout: train/val/test")
+    assert text_of(page, "#ft-report") == (
+        "2 classes, layout: train/val/test, validation: folder.\n\n"
+        "class\ttrain\tval\ttest\nblue\t4\t2\t1\nred\t4\t2\t1")
+    assert re.fullmatch(sent_line(14, split), text_of(page, "#ft-folder .ts-status"))
+    page.locator("#ft-folder progress").wait_for(state="hidden")  # the bar goes once the folder is sent
+    assert "Traceback" not in page.content()
+
+
+def test_a_picked_folder_s_junk_is_not_sent_and_the_report_lists_it_with_reasons(page, tmp_path):
+    holiday = write_photos(tmp_path / "holiday", per_class=6, classes=("red", "blue"))
+    (holiday / "holiday-notes.txt").write_text("which is which")
+    (holiday / "red" / "holiday-readme.md").write_text("# red")
+    (holiday / "blue" / "holiday-broken.jpg").write_text("not a photo, whatever its name says")
+    (holiday / ".DS_Store").write_bytes(b"\0\1")
+    (holiday / "Thumbs.db").write_bytes(b"\0\2")
+    (holiday / "__MACOSX" / "red").mkdir(parents=True)
+    (holiday / "__MACOSX" / "red" / "._holiday-red.jpg").write_bytes(b"\0\3")
+    pick_folder(page, holiday)
+    wait_for_text(page, "#ft-report", "Skipped 3 file(s)")
+    assert text_of(page, "#ft-report") == (
+        "2 classes, layout: class folders, validation: split (20%, seed 0).\n\n"
+        "class\ttrain\tval\ttest\nblue\t5\t1\t0\nred\t5\t1\t0\n\n"
+        "Skipped 3 file(s):\n\n"
+        "blue/holiday-broken.jpg: not an image (unrecognised format)\n"
+        "holiday-notes.txt: not inside a class folder\n"
+        "red/holiday-readme.md: not an image file type")
+    # The broken .jpg travelled (only decoding can tell); the rest never left the browser.
+    assert re.fullmatch(sent_line(13, holiday, left_out=2), text_of(page, "#ft-folder .ts-status"))
+    sent = uploaded_names()
+    assert "holiday-broken.jpg" in sent
+    assert not sent & {"holiday-notes.txt", "holiday-readme.md", ".DS_Store", "Thumbs.db", "._holiday-red.jpg"}
+
+
+def test_a_picked_folder_without_photos_sends_nothing_and_the_report_says_what_it_expected(page, tmp_path):
+    notes = tmp_path / "notes"
+    (notes / "2024").mkdir(parents=True)
+    (notes / "2024" / "todo.txt").write_text("buy a camera")
+    (notes / "readme.md").write_text("# notes")
+    pick_folder(page, notes)
+    wait_for_text(page, "#ft-report", "Cannot use these photos")
+    assert text_of(page, "#ft-report") == (
+        "Cannot use these photos: No photos found in notes. Expected one folder per class with photos "
+        "(.bmp, .gif, .jpeg, .jpg, .png, .tif, .tiff, .webp), or train/ and val/ folders that contain them")
+    assert text_of(page, "#ft-folder .ts-status") == "No photos found in notes; nothing was sent."
+
+
+# A dropped folder, as the browser's drop event hands it over: entries to walk (a folder's reader gives its
+# entries a few at a time, then an empty list). Hidden folders must not be walked: .git's reader throws.
+DROP = """tree => {
+    const bytes = b64 => Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+    const entry = (node, parent) => {
+        const fullPath = `${parent}/${node.name}`;
+        if (node.data !== undefined) {
+            return {isFile: true, isDirectory: false, name: node.name, fullPath,
+                    file: ok => ok(new File([bytes(node.data)], node.name))};
+        }
+        const children = node.children.map(child => entry(child, fullPath));
+        let read = 0;
+        return {isFile: false, isDirectory: true, name: node.name, fullPath, createReader: () => {
+            if (node.name === '.git') throw new Error('a hidden folder was walked');
+            return {readEntries: (ok) => setTimeout(() => { ok(children.slice(read, read + 2)); read += 2; }, 0)};
+        }};
+    };
+    const root = entry(tree, '');
+    const drop = new Event('drop', {bubbles: true, cancelable: true});
+    Object.defineProperty(drop, 'dataTransfer', {value: {items: [{kind: 'file', webkitGetAsEntry: () => root}], files: []}});
+    document.querySelector('#ft-folder .ts-drop').dispatchEvent(drop);
+}"""
+
+
+def as_dropped(folder: Path) -> dict:
+    """A folder as DROP builds its entries: names, children, and each file's bytes (base64)."""
+    if folder.is_file():
+        return {"name": folder.name, "data": base64.b64encode(folder.read_bytes()).decode()}
+    return {"name": folder.name, "children": [as_dropped(child) for child in sorted(folder.iterdir())]}
+
+
+def test_a_dropped_folder_is_walked_and_checked_as_a_picked_one(page, tmp_path):
+    dropped = write_photos(tmp_path / "dropped", per_class=5, classes=("red", "blue"))
+    write_photos(dropped / "red" / "2024-summer", per_class=2, classes=("red",), seed=4)  # deeper, still red
+    (dropped / "dropped-list.txt").write_text("to sort")
+    (dropped / ".git").mkdir()
+    (dropped / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    page.get_by_role("tab", name="Fine-tune").click()
+    choose(page, "ft-source", "A folder of photos")
+    page.locator("#ft-folder .ts-drop").wait_for()
+    page.evaluate(DROP, as_dropped(dropped))
+    wait_for_text(page, "#ft-report", "Skipped 1 file(s)")
+    assert text_of(page, "#ft-report") == (
+        "2 classes, layout: class folders, validation: split (20%, seed 0).\n\n"
+        "class\ttrain\tval\ttest\nblue\t4\t1\t0\nred\t6\t1\t0\n\n"
+        "Skipped 1 file(s):\n\ndropped-list.txt: not inside a class folder")
+    assert re.fullmatch(sent_line(12, dropped, left_out=1), text_of(page, "#ft-folder .ts-status"))
+
+
+def test_a_folder_over_the_upload_limit_is_not_sent_and_the_report_says_why(page, tmp_path, monkeypatch):
+    monkeypatch.setattr(folder_upload, "LIMITS", Limits(**{**vars(LOCAL_DEFAULTS), "max_upload": "4kb"}))
+    big = write_photos(tmp_path / "big", per_class=3, classes=("red", "blue"))
+    for photo in big.rglob("*.jpg"):
+        photo.rename(photo.with_name(f"big-{photo.name}"))
+    pick_folder(page, big)
+    wait_for_text(page, "#ft-report", "Cannot use these photos")
+    size = size_words(photo_bytes(big))
+    assert text_of(page, "#ft-report") == (
+        f"Cannot use these photos: big holds {size} of photos; one upload may hold at most 4 KB. "
+        "Choose a folder with fewer or smaller photos")
+    assert text_of(page, "#ft-folder .ts-status") == (
+        f"Not sent: 6 files, {size} of photos in big is more than one upload may hold here.")
+    assert not {name for name in uploaded_names() if name.startswith("big-")}  # not one photo travelled
+
+
 def test_imagenet_weights_offline_say_the_whole_message_with_the_form_s_labels(page, tmp_path, monkeypatch):
     import socket
     import urllib.error
@@ -519,7 +676,11 @@ def test_at_phone_width_nothing_on_the_fine_tune_tab_overlaps_or_is_cut(page):
     page.set_viewport_size({"width": 390, "height": 844})
     for section in ("3. Learning-rate finder", "7. Your runs", "5. Compare runs"):
         page.get_by_text(section, exact=True).click()
-    page.get_by_text("More settings: momentum, weight decay, label smoothing").click()
+    page.get_by_text("More settings: momentum, weight decay, label smoothing, BatchNorm, precision").click()
+    choose(page, "ft-source", "A folder of photos")
+    page.locator("#ft-folder .ts-choose").wait_for()
+    page.wait_for_timeout(500)
+    assert page.evaluate(CROWDED) == []
     choose(page, "ft-source", "Photos per class")
     choose(page, "ft-strategy", "finetune")
     page.locator("#ft-head-epochs").wait_for()

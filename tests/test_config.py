@@ -52,7 +52,8 @@ def test_the_cli_and_the_form_cover_the_same_training_fields():
     add_config_args(parser, TrainConfig, exclude=("steps_per_epoch",))
     flags = {action.dest for action in parser._actions} - {"help"}
     assert flags == {f.name for f in config_fields(TrainConfig)} - {"steps_per_epoch"}
-    assert set(FORM_FIELDS) == flags - {"device"}  # the server picks the device, not a visitor
+    # The server picks the device, not a visitor; the app trains in one process, so BatchNorm has nothing to sync.
+    assert set(FORM_FIELDS) == flags - {"device", "sync_bn"}
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_the_cli_and_the_form_cover_the_same_training_fields():
         ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
         ({"image_size": 5000}, "image_size must be at most 1024 pixels, got 5000"),
         ({"val_fraction": 1.0}, "val_fraction must be between 0 and 1, got 1.0"),
-        ({"strategy": "everything"}, "Invalid strategy 'everything'. Choose one of: linear-probe, finetune, full"),
+        ({"strategy": "everything"}, "Invalid strategy 'everything'. Choose one of: linear-probe, partial, finetune, full"),
         ({"scheduler": "Nope"}, "Invalid scheduler 'Nope'. Choose one of: StepLR, "),
         ({"nesterov": "maybe"}, "nesterov must be true or false, got 'maybe'"),
         ({"colour": "red"}, "Unknown TrainConfig field(s): colour"),

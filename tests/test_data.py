@@ -25,6 +25,8 @@ from trainer.data import (
     assemble_class_folders,
     extract_zip,
     open_dataset,
+    open_uploaded_folder,
+    size_words,
     write_report,
 )
 
@@ -826,3 +828,143 @@ def test_decoding_uses_a_thread_pool_sized_to_the_cpu_count(tmp_path, monkeypatc
     monkeypatch.setattr(data_module.os, "cpu_count", lambda: 3)
     open_dataset(tmp_path)
     assert sizes == [3]
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder sent file by file (the browser's folder picker)
+# ---------------------------------------------------------------------------------------------
+
+
+def sent_as_the_page_sends(chosen: Path, uploads: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The folder as the page sends it: each photo copied to an upload of its own (as Gradio's upload route
+    stores it, under its base name), paired with its path from the chosen folder's name on; hidden files
+    never sent, other files named only."""
+    files, left_out = [], []
+    for path in sorted(chosen.rglob("*")):
+        rel = path.relative_to(chosen.parent).as_posix()
+        if not path.is_file() or any(data_module.is_hidden(part) for part in rel.split("/")):
+            continue
+        if path.suffix.lower() in data_module.IMAGE_EXTENSIONS:
+            upload = uploads / f"{len(files)}" / path.name
+            upload.parent.mkdir(parents=True)
+            upload.write_bytes(path.read_bytes())
+            files.append((rel, upload))
+        else:
+            left_out.append(rel)
+    return files, left_out
+
+
+@pytest.mark.parametrize("layout", ["class-folders", "train-val-test"])
+def test_a_folder_sent_file_by_file_opens_as_the_same_folder_zipped(tmp_path, layout):
+    food = tmp_path / "src" / "food"
+    if layout == "class-folders":
+        make_classes(food, {"ramen": 5, "sushi": 4}, ".jpg")
+    else:
+        for split, n in (("train", 4), ("val", 2), ("test", 1)):
+            make_classes(food / split, {"ramen": n, "sushi": n}, ".jpg")
+    (food / "notes.txt").write_text("shopping list")
+    (food / "ramen" if layout == "class-folders" else food / "train" / "ramen").joinpath("readme.md").write_text("#")
+    (food / ".DS_Store").write_bytes(b"\0")
+    (food / "sushi" if layout == "class-folders" else food / "val" / "sushi").joinpath("broken.jpg").write_text("x")
+    zipped = open_dataset(zip_folder_of(food, tmp_path / "food.zip"), workdir=tmp_path / "zip-run")
+    files, left_out = sent_as_the_page_sends(food, tmp_path / "uploads")
+    sent = open_uploaded_folder(files, tmp_path / "folder-run", left_out)
+    assert {k: v for k, v in sent.report.items() if k not in ("root", "source")} == \
+           {k: v for k, v in zipped.report.items() if k not in ("root", "source")}
+    assert sent.report["source"] == "food" and sent.root == (tmp_path / "folder-run" / "data" / "food").resolve()
+    assert len(sent.report["skipped"]) == 3  # notes.txt, readme.md, broken.jpg; .DS_Store is ignored, as in a zip
+    # Only the usable photos stay on disk (the left-out names were written empty, for the scan, then removed).
+    kept = {p.relative_to(sent.root).as_posix() for p in sent.root.rglob("*") if p.is_file()}
+    assert kept == {rel for split in sent.report["files"].values() for rel, _ in split}
+    assert json.loads((tmp_path / "folder-run" / "data_report.json").read_text())["source"] == "food"
+
+
+def zip_folder_of(folder: Path, archive: Path) -> Path:
+    """A zip of `folder` as a file manager makes it: entries start with the folder's name."""
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, path.relative_to(folder.parent).as_posix())
+    return archive
+
+
+def sent_photos(tmp_path: Path, rels: list[str]) -> list[tuple[str, Path]]:
+    files = []
+    for i, rel in enumerate(rels):
+        upload = write_image(tmp_path / "uploads" / str(i) / "photo.png")
+        files.append((rel, upload))
+    return files
+
+
+GOOD = ["food/a/1.png", "food/a/2.png", "food/b/1.png", "food/b/2.png"]
+
+
+@pytest.mark.parametrize("rel, named", [("food/../../evil.png", "food"), ("food\\..\\..\\evil.png", "food"),
+                                        ("../evil.png", "The upload"), ("/tmp/evil.png", "The upload"),
+                                        ("C:/evil.png", "The upload")])  # named: the folder all names are in, if any
+def test_a_sent_name_that_climbs_out_refuses_the_folder_before_anything_is_written(tmp_path, rel, named):
+    files = sent_photos(tmp_path, GOOD + [rel])
+    before = tree(tmp_path)
+    with pytest.raises(DataError) as refused:
+        open_uploaded_folder(files, tmp_path / "run" / "upload")
+    assert str(refused.value) == f"{named} is unsafe: the entry {rel!r} points outside its folder"
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "rels, left_out, message",
+    [
+        (GOOD + ["food/a/1.png"], [], "food holds two files named 'food/a/1.png'; rename or remove one of them"),
+        (GOOD, ["food/a/1.png"], "food holds two files named 'food/a/1.png'; rename or remove one of them"),
+        (GOOD + ["food/a/1.png/x.png"], [], "food holds both a file and a folder named 'food/a/1.png'; rename one of them"),
+    ],
+)
+def test_clashing_sent_names_refuse_the_folder(tmp_path, rels, left_out, message):
+    with pytest.raises(DataError) as refused:
+        open_uploaded_folder(sent_photos(tmp_path, rels), tmp_path / "run", left_out)
+    assert str(refused.value) == message
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_sent_names_too_long_or_nested_too_deeply_are_skipped_with_the_reason(tmp_path):
+    long_name = "food/a/" + "é" * 128 + ".png"  # 260 bytes: over any filesystem's 255
+    deep_name = "food/b/" + "d/" * 63 + "x.png"  # 66 parts
+    ds = open_uploaded_folder(sent_photos(tmp_path, GOOD + [long_name, deep_name]), tmp_path / "run")
+    assert sum(ds.report["totals"].values()) == 4
+    assert skipped_reasons(ds) == {  # paths inside the dataset root, as for every skipped file
+        long_name.removeprefix("food/"): "name too long",
+        deep_name.removeprefix("food/"): "nested too deeply (more than 64 folders)",
+    }
+
+
+def test_too_many_files_or_bytes_in_a_sent_folder_are_refused_in_words(tmp_path):
+    files = sent_photos(tmp_path, GOOD)
+    with pytest.raises(DataError) as refused:
+        open_uploaded_folder(files, tmp_path / "run", ["food/notes.txt"], max_files=4)
+    assert str(refused.value) == "food holds 5 files; one upload may hold at most 4. Choose a folder with fewer files"
+    size = sum(path.stat().st_size for _, path in files)
+    with pytest.raises(DataError) as refused:
+        open_uploaded_folder(files, tmp_path / "run", max_bytes=size - 1)
+    assert str(refused.value) == (f"food holds {size_words(size)} of photos; one upload may hold at most "
+                                  f"{size_words(size - 1)}. Choose a folder with fewer or smaller photos")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sent_file_gone_from_the_uploads_says_to_choose_the_folder_again(tmp_path):
+    files = sent_photos(tmp_path, GOOD)
+    files[1][1].unlink()
+    with pytest.raises(DataError) as refused:
+        open_uploaded_folder(files, tmp_path / "run")
+    assert str(refused.value) == ("The uploaded file for 'food/a/2.png' is gone (uploads are kept for a while only); "
+                                  "choose the folder again")
+
+
+def test_a_sent_folder_with_no_photos_says_what_it_expected(tmp_path):
+    with pytest.raises(DataError, match=r"^No photos found in food\. Expected one folder per class"):
+        open_uploaded_folder([], tmp_path / "run", ["food/a/notes.txt", "food/b/list.txt"])
+
+
+@pytest.mark.parametrize("size, words", [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1 KB"), (1536, "1.5 KB"),
+                                         (27 * 2**20 + 2**19, "27.5 MB"), (500 * 2**20, "500 MB"), (2**31, "2 GB")])
+def test_sizes_are_said_in_the_unit_a_person_reads(size, words):
+    assert size_words(size) == words

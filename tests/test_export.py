@@ -12,7 +12,7 @@ from torch import nn
 
 from models import export
 from models.backbones import create_model, preprocessing_for
-from models.export import ExportError, export_onnx, export_run
+from models.export import ExportError, choose_served, export_model, export_onnx, export_run, measure_speed
 from models.preprocess import load_rgb
 from models.runtime import OnnxClassifier
 from trainer.config import RunConfig, TrainConfig
@@ -163,6 +163,7 @@ def test_given_inputs_are_used_and_a_variant_missing_its_target_is_removed(expor
     int8 = record["variants"]["int8"]
     assert int8["passed"] is False and "top-1 agreement" in int8["failure"]
     assert not (copy / "model.int8.onnx").exists()
+    assert "speed" not in int8 and record["served"] == "fp32"  # a variant that failed is never timed nor served
     assert json.loads((copy / "metrics.json").read_text()) == {"export": json.loads(json.dumps(record))}
 
 
@@ -199,3 +200,68 @@ def test_unusable_run_folders_raise_clear_errors(exported, tmp_path, broken, mes
         (copy / "config.json").write_text(json.dumps({**config, "labels": LABELS + ["yellow"]}))
     with pytest.raises(ExportError, match=message):
         export_run(copy)
+
+
+# ---------------------------------------------------------------- speed at export, and the variant served by default
+
+
+def variant(accuracy=None, images_per_s=None, passed=True) -> dict:
+    record = {"passed": passed}
+    if accuracy is not None:
+        record["accuracy"] = accuracy
+    if images_per_s is not None:
+        record["speed"] = {"images_per_s": images_per_s, "batch": 8, "runs": 5, "provider": "CPUExecutionProvider"}
+    return record
+
+
+@pytest.mark.parametrize(
+    "variants, served",
+    [
+        ({"fp32": variant(0.54, 62), "int8": variant(0.53, 199)}, "int8"),  # 1 point lower, 3.2x faster
+        ({"fp32": variant(0.54, 62), "int8": variant(0.529, 199)}, "fp32"),  # 1.1 points lower: never the default
+        ({"fp32": variant(0.54, 62), "int8": variant(0.60, 55)}, "fp32"),  # more accurate but slower
+        ({"fp32": variant(0.54, 62), "int8": variant(0.54, 199, passed=False)}, "fp32"),  # failed its check
+        ({"fp32": variant(0.54, 62), "fp16": variant(None, 900, passed=None)}, "fp32"),  # not checked
+        ({"fp32": variant(0.54, 62), "fp16": variant(0.54, 150), "int8": variant(0.54, 199)}, "int8"),
+        ({"fp32": variant(0.54, 62), "fp16": variant(0.545, 400), "int8": variant(0.535, 199)}, "fp16"),
+        ({"fp32": variant(0.54, 62), "int8": variant(0.54)}, "fp32"),  # INT8 could not be timed
+        ({"fp32": variant(0.54), "int8": variant(0.54, 199)}, "fp32"),  # fp32 not timed: nothing to compare with
+        ({"fp32": variant(None, 62), "int8": variant(None, 199)}, "fp32"),  # unlabelled inputs: accuracy unknown
+        ({"fp32": variant(0.54, 62)}, "fp32"),
+    ],
+)
+def test_the_served_variant_is_the_fastest_that_passed_within_1_point_of_fp32(variants, served):
+    assert choose_served(variants) == served
+
+
+def test_export_times_every_variant_and_records_the_one_served(exported):
+    run, _, _, _, record = exported
+    for kind in ("fp32", "fp16", "int8"):
+        speed = record["variants"][kind]["speed"]
+        assert speed["images_per_s"] > 0 and speed["batch"] == 8 and 1 <= speed["runs"] <= 5
+        assert speed["provider"] == "CPUExecutionProvider"
+    assert record["served"] == choose_served(record["variants"])
+    assert json.loads((run / "metrics.json").read_text())["export"]["served"] == record["served"]
+
+
+def test_training_s_call_makes_int8_and_fp16_only_where_cuda_serves_it(exported, tmp_path, monkeypatch):
+    run, model, inputs, targets, _ = exported
+    record = RunConfig(TrainConfig(arch="resnet18", weights="none", image_size=64), LABELS, SPEC).to_record()
+    (tmp_path / "cpu").mkdir(), (tmp_path / "gpu").mkdir()
+    made = export_model(model, record, tmp_path / "cpu", inputs[:6], targets[:6], source="validation photos")
+    assert set(made["variants"]) == {"fp32", "int8"}  # this machine: no CUDA provider
+    assert made["served"] in ("fp32", "int8") and (tmp_path / "cpu" / "model.int8.onnx").is_file()
+    monkeypatch.setattr(export, "cuda_status", lambda: (True, ""))
+    made = export_model(model, record, tmp_path / "gpu", inputs[:6], targets[:6], int8=False)
+    assert set(made["variants"]) == {"fp32", "fp16"} and made["variants"]["fp16"]["passed"]
+
+
+def test_speed_is_measured_in_a_bounded_time_and_a_file_that_cannot_run_is_recorded(exported, tmp_path, monkeypatch):
+    run, _, inputs, _, _ = exported
+    monkeypatch.setattr(export, "SPEED_SECONDS", 0.0)  # the budget is spent after the first timed run
+    speed = measure_speed(run / "model.onnx", inputs[:3])  # fewer inputs than a batch: repeated to fill it
+    assert speed["runs"] == 1 and speed["batch"] == 8 and speed["images_per_s"] > 0
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a model")
+    assert measure_speed(broken, inputs) == {
+        "failure": "could not be timed: ModelLoadError: broken.onnx is not an ONNX model, or it is truncated"}

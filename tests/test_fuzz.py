@@ -812,6 +812,30 @@ def test_any_zip_of_hostile_names_gives_a_result_or_a_message_and_stays_inside(s
 
 
 @FAST
+@given(st.lists(st.tuples(ZIP_NAMES, ZIP_BODIES), min_size=1, max_size=8), st.lists(ZIP_NAMES, max_size=3),
+       st.booleans())
+def test_any_folder_sent_with_hostile_names_gives_a_result_or_a_message_and_stays_inside(sandbox, entries, left_out,
+                                                                                         base):
+    """The folder picker's path (trainer.data.open_uploaded_folder): the names come from the page, so anything."""
+    from trainer.data import open_uploaded_folder
+
+    box = case_dir(sandbox)
+    good = [("a/good.png", png()), ("b/good.png", png())] if base else []
+    files = []
+    for i, (name, data) in enumerate(good + entries):
+        upload = box / "uploads" / str(i) / "photo.png"
+        upload.parent.mkdir(parents=True)
+        upload.write_bytes(data)
+        files.append((name, upload))
+    before = snapshot(sandbox)
+    result = attempt("folder: random names", lambda: open_uploaded_folder(files, box / "run", left_out), (DataError,))
+    assert_only_under(before, snapshot(sandbox), str((box / "run").relative_to(sandbox)))
+    if not isinstance(result, Exception):
+        assert sum(result.report["totals"].values()) >= 1 and len(result.labels) >= 2
+        assert all(item["reason"] for item in result.report["skipped"])
+
+
+@FAST
 @given(st.floats(0, 1, exclude_max=True), st.integers(0, 2**32 - 1))
 def test_a_zip_truncated_or_corrupted_anywhere_gives_a_result_or_a_message(sandbox, app_module, fraction, seed):
     box = case_dir(sandbox)

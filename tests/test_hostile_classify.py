@@ -90,7 +90,7 @@ def browser_click(url: str, api_name: str, data: list) -> dict:
 def classify_in_tab(url: str, photo: Path, model: Path) -> dict:
     """The Classify tab's button, with a photo and an uploaded .onnx file."""
     return browser_click(url, "classify_photo",
-                         [browser_upload(url, photo), "An uploaded .onnx file", None, browser_upload(url, model), 3])
+                         [browser_upload(url, photo), "An uploaded .onnx file", None, browser_upload(url, model), 3, None])
 
 
 def classify_api(server, photo: Path, model: Path) -> dict:
@@ -158,7 +158,7 @@ def test_a_broken_photo_sent_inline_as_a_data_url_is_answered_by_the_app_too(ser
     inline = "data:image/png;base64," + base64.b64encode(photo_file("truncated", files.folder).read_bytes()).decode()
     answer = browser_click(server.url, "classify_photo", [{"url": inline, "meta": {"_type": "gradio.FileData"}},
                                                           "An uploaded .onnx file", None,
-                                                          browser_upload(server.url, files.model), 3])
+                                                          browser_upload(server.url, files.model), 3, None])
     assert answer["output"]["error"].startswith("file.png: unreadable image: truncated or corrupt")
 
 
@@ -171,6 +171,21 @@ def test_an_unusable_onnx_upload_is_named_by_its_file_name_not_its_server_path(s
 
 # ---------------------------------------------------------------------------------------------
 # 5. An uploaded model must not hold up anyone else
+
+
+def test_a_variant_names_one_of_a_run_s_models_never_a_file(server, files):
+    # /classify's variant picks among a run's exported models by name; a path or file name in it is refused.
+    run_id, path = server.models.store.new_run("hostile")
+    (path / "config.json").write_text("{}")  # the store finds a run by its config's presence
+    shutil.copy(files.model, path / "model.onnx")
+    refusals = {variant: f"Invalid variant {variant!r}. Choose one of: fp32, fp16, int8"
+                for variant in ("../../../etc/passwd", "model.onnx", "/tmp/model.int8.onnx")}
+    refusals["int8"] = f"Run {run_id} has no INT8 model (model.int8.onnx); its models: fp32"
+    for variant, message in refusals.items():
+        with pytest.raises(Exception) as refused:
+            server.client.predict(handle_file(str(files.strip)), run_id, 3, variant, api_name="/classify")
+        assert str(refused.value) == message
+    assert server.client.predict(handle_file(str(files.strip)), run_id, 3, "FP32", api_name="/classify")["variant"] == "fp32"
 
 
 def test_a_looping_model_is_refused_at_once(server, files):

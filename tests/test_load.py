@@ -19,6 +19,7 @@ import pytest
 
 import trainer.stream
 from conftest import write_photos, zip_folder
+from models.runtime import resolve_model
 from ui import finetune, session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -74,7 +75,7 @@ def test_concurrent_classify_calls_are_all_answered_and_all_correct(server, trai
     app, url = server
     run_id = trainings.jobs[0].result["run_id"]
     photos = bench_load.photos()[::4]  # 11 of the shipped photos, examples and sample alike
-    expected = bench_load.expected_predictions(session.STORE.find(run_id) / "model.onnx", photos)
+    expected = bench_load.expected_predictions(resolve_model(session.STORE.find(run_id)), photos)  # the run's default
     load = bench_load.classify_load(url, run_id, expected, clients=4, per_client=5)
     print(f"\n{load.summary()}")
     assert load.errors == [] and load.wrong == []

@@ -74,10 +74,15 @@ def test_export_int8_writes_both_models_and_prints_parity(exported):
     assert (run / "model.onnx").is_file() and (run / "model.int8.onnx").is_file()
     assert not (run / "model.fp16.onnx").exists()
     lines = result.stdout.splitlines()
+    export = json.loads((run / "metrics.json").read_text())["export"]
+    speed = {kind: export["variants"][kind]["speed"]["images_per_s"] for kind in ("fp32", "int8")}
     assert lines[0] == "Checked on 12 inputs (data_report.json val), opset 20:"
     assert lines[1].startswith("  fp32: model.onnx (") and "vs torch" in lines[1] and "agreement 100.0%" in lines[1]
+    assert lines[1].endswith(f", accuracy 100.0%, {speed['fp32']:.0f} img/s (batch 8, CPUExecutionProvider)")
     assert lines[2].startswith("  int8: model.int8.onnx (") and "vs fp32" in lines[2] and "points)" in lines[2]
-    export = json.loads((run / "metrics.json").read_text())["export"]
+    assert lines[2].endswith(f" points), {speed['int8']:.0f} img/s (batch 8, CPUExecutionProvider)")
+    assert lines[3] == (f"Served by default: {export['served']} (the fastest that passed, within 1 point of fp32's "
+                        "accuracy)") and len(lines) == 4
     assert export["variants"]["fp32"]["max_abs_logit_diff"] < 1e-4 and export["variants"]["int8"]["passed"]
 
 
@@ -103,12 +108,28 @@ def test_predict_accepts_run_folders_and_onnx_files_and_prints_one_line_per_imag
     assert blue.startswith(f"{images['blue']}: blue ") and red.startswith(f"{images['red']}: red ")
 
 
+def test_predict_serves_the_run_s_default_or_the_variant_picked_and_says_which_on_stderr(exported, images):
+    run, _ = exported
+    default = json.loads((run / "metrics.json").read_text())["export"]["served"]
+    other = "fp32" if default == "int8" else "int8"
+    names = {"fp32": "fp32 (model.onnx)", "int8": "INT8 (model.int8.onnx)"}
+    result = cli("predict", run, images["red"], "--top-k", "1")
+    assert result.returncode == 0 and result.stdout.startswith(f"{images['red']}: red ")
+    assert result.stderr.splitlines()[-1] == f"Served by {names[default]}, the run's default"
+    result = cli("predict", run, images["red"], "--top-k", "1", "--variant", other, "--json")
+    assert result.returncode == 0 and json.loads(result.stdout)[0]["predictions"][0]["label"] == "red"
+    assert result.stderr.splitlines()[-1] == f"Served by {names[other]}, as picked"
+    result = cli("predict", run / "model.int8.onnx", images["red"])  # a file is served as it is, and says nothing
+    assert result.returncode == 0 and "Served by" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (("predict", "hf://noslash", "x.jpg"), "not a valid repository name"),
         (("predict", "no/such/model.onnx", "x.jpg"), "No model at no/such/model.onnx"),
         (("export", "no/such/run"), "Run folder no/such/run does not exist"),
+        (("predict", "no/such/model.onnx", "x.jpg", "--variant", "int8"), "No model at no/such/model.onnx"),
     ],
 )
 def test_failures_exit_1_with_a_one_line_message(args, message):
@@ -126,6 +147,9 @@ def test_parser_has_export_and_predict_subcommands():
     parser = get_args_parser()
     export = parser.parse_args(["export", "runs/a", "--fp16", "--int8"])
     assert (export.command, export.run_dir, export.fp16, export.int8) == ("export", "runs/a", True, True)
+    export = parser.parse_args(["export", "runs/a", "--no-int8"])
+    assert (export.fp16, export.int8) == (None, False)  # None: INT8 by default, fp16 where CUDA serves it
+    assert parser.parse_args(["predict", "runs/a", "x.jpg", "--variant", "int8"]).variant == "int8"
     predict = parser.parse_args(["predict", "runs/a", "x.jpg", "y.png", "--top-k", "3", "--json"])
     assert (predict.model, predict.images, predict.top_k, predict.json) == ("runs/a", ["x.jpg", "y.png"], 3, True)
     with pytest.raises(SystemExit):

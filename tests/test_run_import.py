@@ -226,19 +226,19 @@ BOMB = 0xF000_0000  # about 4 GB declared for a few bytes
 HOSTILE = {
     "dot-dot": (
         lambda zf, run: (_run_files(zf, run), zf.writestr("run/../../evil.txt", "x")),
-        "{name} is unsafe: the entry 'run/../../evil.txt' points outside the archive folder",
+        "{name} is unsafe: the entry 'run/../../evil.txt' points outside its folder",
     ),
     "absolute": (
         lambda zf, run: (_run_files(zf, run), zf.writestr(zipfile.ZipInfo("/tmp/evil.txt"), "x")),
-        "{name} is unsafe: the entry '/tmp/evil.txt' points outside the archive folder",
+        "{name} is unsafe: the entry '/tmp/evil.txt' points outside its folder",
     ),
     "backslash": (
         lambda zf, run: (_run_files(zf, run), zf.writestr("run\\..\\..\\evil.txt", "x")),
-        "{name} is unsafe: the entry 'run\\\\..\\\\..\\\\evil.txt' points outside the archive folder",
+        "{name} is unsafe: the entry 'run\\\\..\\\\..\\\\evil.txt' points outside its folder",
     ),
     "drive-letter": (
         lambda zf, run: (_run_files(zf, run), zf.writestr("C:/evil.txt", "x")),
-        "{name} is unsafe: the entry 'C:/evil.txt' points outside the archive folder",
+        "{name} is unsafe: the entry 'C:/evil.txt' points outside its folder",
     ),
     "symlink": (
         lambda zf, run: (_run_files(zf, run), zf.writestr(symlink_entry("run/model.safetensors"), "/etc/passwd")),

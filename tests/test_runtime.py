@@ -1,6 +1,7 @@
 """models.runtime: OnnxClassifier loading, validation, preprocessing parity, IO binding, threads, no torch."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,9 @@ from PIL import Image
 
 from models import runtime
 from models.preprocess import MAX_ASPECT, MAX_PIXELS, PreprocessSpec, UnreadableImage, load_rgb
-from models.runtime import ModelLoadError, OnnxClassifier, cuda_status, resolve_model, softmax
+from models.run_folder import ONNX_VARIANTS
+from models.runtime import (ModelChoice, ModelLoadError, OnnxClassifier, cuda_status, resolve_model,
+                            resolve_model_choice, run_variants, softmax)
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["cat", "dog", "fox"]
@@ -332,6 +335,62 @@ def test_an_existing_path_wins_over_a_hub_reference(tmp_path, model_path, monkey
     monkeypatch.chdir(tmp_path)
     assert resolve_model("hf://someone/model.onnx") == Path("hf://someone/model.onnx")
     assert OnnxClassifier(resolve_model("hf://someone"), providers="cpu").labels == LABELS
+
+
+# ---------------------------------------------------------------------------------------------
+# A run folder's variants: the one its export chose, or the one picked
+
+
+def run_with_variants(folder: Path, export: dict | None, names=("fp32", "int8")) -> Path:
+    """A run folder whose variants' files are tiny real classifiers, and `export` as metrics.json's export record."""
+    folder.mkdir()
+    for name in names:
+        classifier_model(folder / ONNX_VARIANTS[name])
+    (folder / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.5}, **({"export": export} if export else {})}))
+    return folder
+
+
+# What an export records now: each variant's accuracy and speed, and the one served by default.
+RECORDED = {"variants": {"fp32": {"passed": True, "accuracy": 0.54, "speed": {"images_per_s": 62.0}},
+                         "int8": {"passed": True, "accuracy": 0.53, "speed": {"images_per_s": 199.0}}},
+            "served": "int8"}
+
+
+def test_a_run_folder_serves_the_variant_its_export_chose_unless_another_is_picked(tmp_path):
+    run = run_with_variants(tmp_path / "run", RECORDED)
+    assert resolve_model(run) == run / "model.int8.onnx"
+    assert resolve_model_choice(run) == ModelChoice(run / "model.int8.onnx", "int8", "int8")
+    assert resolve_model_choice(run, variant="fp32") == ModelChoice(run / "model.onnx", "fp32", "int8")
+    assert resolve_model_choice(run, variant="INT8") == resolve_model_choice(run)  # as pickers show it
+    assert [(v.name, v.label(62.0), v.default) for v in run_variants(run)] == [
+        ("fp32", "fp32 · val 54% · 62 img/s", False), ("int8", "INT8 · val 53% · 199 img/s (3.2x fp32)", True)]
+    refusals = {
+        "fp16": f"{run} has no fp16 model (model.fp16.onnx); its models: fp32, int8",
+        "int4": "Invalid variant 'int4'. Choose one of: fp32, fp16, int8",
+    }
+    for variant, message in refusals.items():
+        with pytest.raises(ModelLoadError, match=f"^{re.escape(message)}$"):
+            resolve_model_choice(run, variant=variant)
+    single = run / "model.int8.onnx"
+    assert resolve_model_choice(single) == ModelChoice(single)  # a file is served as it is
+    with pytest.raises(ModelLoadError, match=f"^{re.escape(str(single))} is a single model, served as it is; "):
+        resolve_model_choice(single, variant="fp32")
+
+
+@pytest.mark.parametrize("case", ["never exported with figures", "exported before speeds", "chosen file gone",
+                                  "unreadable metrics"])
+def test_a_run_whose_export_chose_nothing_serves_fp32(tmp_path, case):
+    before = {"variants": {"fp32": {"passed": True, "accuracy": 1.0}, "int8": {"passed": True, "accuracy": 1.0}}}
+    export = {"never exported with figures": None, "exported before speeds": before,
+              "chosen file gone": RECORDED, "unreadable metrics": None}[case]
+    run = run_with_variants(tmp_path / "run", export, ("fp32",) if case == "chosen file gone" else ("fp32", "int8"))
+    if case == "unreadable metrics":
+        (run / "metrics.json").write_text("{not json")
+    assert resolve_model_choice(run) == ModelChoice(run / "model.onnx", "fp32", "fp32")
+    labels = [v.label() for v in run_variants(run)]
+    assert labels == {"never exported with figures": ["fp32", "INT8"], "exported before speeds": ["fp32 · val 100%",
+                      "INT8 · val 100%"], "chosen file gone": ["fp32 · val 54% · 62 img/s"],
+                      "unreadable metrics": ["fp32", "INT8"]}[case]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,6 +61,44 @@ def test_linear_probe_caches_features_once_and_keeps_the_backbone(photos, tmp_pa
     assert result.metrics["val"]["accuracy"] > CHANCE
 
 
+def test_partial_trains_layer4_and_the_head_on_layer3_activations_computed_once(photos, tmp_path):
+    messages = []
+    config = tiny_config(strategy="partial", epochs=2, augment="none")
+    result = fit(photos, config, tmp_path / "run", log=messages.append, export=False)
+    assert sum("layer3 activations once" in m for m in messages) == 2  # train and val
+    assert [h.phase for h in result.history] == ["layer4+head", "layer4+head"]
+    torch.manual_seed(0)
+    untouched = create_model("resnet18", 3, "none").state_dict()
+    saved = load_file(str(tmp_path / "run" / "model.safetensors"))
+    frozen = [k for k in untouched if not k.startswith(("layer4.", "fc."))]
+    assert all(torch.equal(saved[k], untouched[k]) for k in frozen)  # running statistics included
+    assert not torch.equal(saved["layer4.0.conv1.weight"], untouched["layer4.0.conv1.weight"])
+    assert not torch.equal(saved["fc.weight"], untouched["fc.weight"])
+
+
+def test_partial_with_cached_activations_predicts_what_it_predicts_without_the_cache(photos, tmp_path, monkeypatch):
+    config = tiny_config(strategy="partial", epochs=2, augment="none")
+    cached = fit(photos, config, tmp_path / "cached", export=False)
+    messages = []
+    monkeypatch.setattr("trainer.task.MAX_CACHED_BYTES", 0)  # too many photos to cache: layer1-3 run every step
+    uncached = fit(photos, config, tmp_path / "uncached", log=messages.append, export=False)
+    assert any(m.startswith("the stem through layer3 runs at every step") for m in messages)
+    ours, theirs = cached.predictions["val"], uncached.predictions["val"]
+    assert [p[:3] for p in ours] == [p[:3] for p in theirs]
+    np.testing.assert_allclose([p[3] for p in ours], [p[3] for p in theirs], atol=1e-4)
+
+
+def test_auto_precision_is_bfloat16_on_a_cpu_that_computes_it_and_the_run_records_it(photos, tmp_path, monkeypatch):
+    monkeypatch.setattr("trainer.step.cpu_has_native_bf16", lambda: True)
+    result = fit(photos, tiny_config(strategy="full", epochs=2, lr=1e-3), tmp_path / "bf16")
+    record = RunFolder(tmp_path / "bf16").read_config()
+    assert record.trained_on == {"processes": 1, "device": "cpu", "precision": "bfloat16"}
+    assert result.metrics["val"]["accuracy"] > CHANCE
+    assert result.metrics["export"]["variants"]["fp32"]["passed"]  # the model itself stays float32
+    fit(photos, tiny_config(strategy="full", epochs=1, precision="fp32"), tmp_path / "fp32", export=False)
+    assert RunFolder(tmp_path / "fp32").read_config().trained_on["precision"] == "float32"
+
+
 def test_the_lr_actually_used_follows_the_schedule(photos, tmp_path):
     schedule = ScheduleConfig(scheduler="StepLR", lr=1e-3, epochs=3, params={"step_size": 1, "gamma": 0.5})
     result = fit(photos, tiny_config(schedule=schedule), tmp_path / "run", export=False)

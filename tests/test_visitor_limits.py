@@ -7,6 +7,7 @@ reload and can be deleted.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -25,7 +26,8 @@ from conftest import served_app, write_photos, zip_folder
 from models.job_slot import job_slot
 from trainer.config import TrainConfig
 from trainer.stream import WAITING
-from ui import finetune, session
+from trainer.data import IMAGE_EXTENSIONS, MAX_ZIP_BYTES, MAX_ZIP_FILES, is_hidden
+from ui import finetune, folder_upload, session
 from ui.limits import LOCAL_DEFAULTS, Limits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +90,23 @@ class Page:
 
     def check_zip(self, archive: Path) -> list:
         classes = [""] * finetune.MAX_CLASSES + [None] * finetune.MAX_CLASSES
-        return self.call("check_photos", ["Zip file", self.upload(archive), "", None, *classes])
+        return self.call("check_photos", ["Zip file", self.upload(archive), "", None, *classes, None])
+
+    def send_folder(self, folder: Path, **overrides) -> dict:
+        """A folder as the folder picker sends it: its photos uploaded in one request, each paired with its path
+        from the folder's name on; the other files named only, hidden ones left out; the picker's value."""
+        files = [p for p in sorted(folder.rglob("*")) if p.is_file()
+                 and not any(is_hidden(part) for part in p.relative_to(folder.parent).parts)]
+        photos = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        paths = self.http.post("gradio_api/upload", files=[("files", (p.name, p.read_bytes())) for p in photos]).json()
+        rel = lambda p: p.relative_to(folder.parent).as_posix()  # noqa: E731
+        return {"name": folder.name, "files": [[rel(p), path] for p, path in zip(photos, paths)],
+                "left_out": [rel(p) for p in files if p not in photos], "bytes": sum(p.stat().st_size for p in photos),
+                "count": len(files), "sent": time.time(), **overrides}
+
+    def check_folder(self, sent: dict) -> list:
+        classes = [""] * finetune.MAX_CLASSES + [None] * finetune.MAX_CLASSES
+        return self.call("check_photos", [finetune.FOLDER_UPLOAD, None, "", None, *classes, sent])
 
 
 def fit_threads() -> list[threading.Thread]:
@@ -106,6 +124,7 @@ def wait_until(condition, seconds: float, what: str) -> None:
 def with_limits(monkeypatch, **limits) -> None:
     monkeypatch.setattr(finetune, "LIMITS", Limits(**{**vars(LOCAL_DEFAULTS), **limits}))
     monkeypatch.setattr(session, "LIMITS", finetune.LIMITS)
+    monkeypatch.setattr(folder_upload, "LIMITS", finetune.LIMITS)
 
 
 # ---------------------------------------------------------------- trainings end with their callers
@@ -238,6 +257,86 @@ def test_checking_photos_again_replaces_the_previous_upload(url, photos_zip):
     assert len(list(uploads.iterdir())) == 1
 
 
+def folder_with_junk(root: Path) -> Path:
+    """A photo folder as people have them: class subfolders, a note, a stray file, the OS's hidden files."""
+    food = write_photos(root / "food", per_class=5, classes=("red", "blue"))
+    (food / "notes.txt").write_text("which photos are which")
+    (food / "red" / "readme.md").write_text("# red")
+    (food / ".DS_Store").write_bytes(b"\0\0")
+    return food
+
+
+def test_a_folder_sent_as_the_picker_sends_it_is_reported_as_its_zip(url, tmp_path):
+    page = Page(url)
+    page.claim(None)
+    food = folder_with_junk(tmp_path)
+    _, zip_report, _ = page.check_zip(zip_folder(tmp_path, tmp_path.parent / f"{tmp_path.name}-food.zip"))
+    _, folder_report, grid = page.check_folder(page.send_folder(food))
+    assert folder_report == zip_report == (
+        "**2 classes**, layout: class folders, validation: split (20%, seed 0).\n\n"
+        "| class | train | val | test |\n|---|---:|---:|---:|\n| blue | 4 | 1 | 0 |\n| red | 4 | 1 | 0 |\n\n"
+        "**Skipped 2 file(s):**\n- `notes.txt`: not inside a class folder\n- `red/readme.md`: not an image file type")
+    # Written into the visitor's upload folder, photos only.
+    uploads = session.STORE.visitor_dir(session.visitor(SimpleNamespace(session_hash=page.session))) / "uploads"
+    (upload,) = uploads.iterdir()
+    kept = sorted(p.relative_to(upload).as_posix() for p in upload.rglob("*") if p.is_file())
+    assert kept == ["data/food/blue/" + f"blue_{i:02d}.jpg" for i in range(5)] + \
+                   ["data/food/red/" + f"red_{i:02d}.jpg" for i in range(5)] + ["data_report.json"]
+
+
+def test_a_folder_naming_files_gradio_did_not_upload_is_refused_and_nothing_is_written(url, tmp_path):
+    page = Page(url)
+    page.claim(None)
+    sent = page.send_folder(write_photos(tmp_path / "food", per_class=3, classes=("red", "blue")))
+    planted = Path(os.environ["GRADIO_TEMP_DIR"]) / "planted" / "red_00.jpg"  # in the upload folder, not uploaded
+    planted.parent.mkdir(exist_ok=True)
+    planted.write_bytes(b"x")
+    data_root = session.STORE.root
+    before = sorted(str(p) for p in data_root.rglob("*"))
+    for forged in ("/etc/hostname", str(tmp_path / "food" / "red" / "red_00.jpg"), str(planted),
+                   sent["files"][0][1] + "/../" + Path(sent["files"][1][1]).parent.name + "/red_01.jpg"):
+        files = [[sent["files"][0][0], forged]] + sent["files"][1:]
+        with pytest.raises(RuntimeError) as refused:
+            page.check_folder({**sent, "files": files})
+        assert str(refused.value) == folder_upload.NOT_UPLOADED
+    climbing = "food/" + "../" * 12 + "escaped.jpg"  # from the upload folder past the file system's root
+    with pytest.raises(RuntimeError) as refused:
+        page.check_folder({**sent, "files": [[climbing, sent["files"][0][1]]] + sent["files"][1:]})
+    assert str(refused.value) == f"food is unsafe: the entry {climbing!r} points outside its folder"
+    for malformed in ({**sent, "files": "all of them"}, {**sent, "left_out": [3]}, {**sent, "files": [["a.jpg"]]}):
+        with pytest.raises(RuntimeError) as refused:
+            page.check_folder(malformed)
+        assert str(refused.value) == folder_upload.NOT_WHOLE
+    with pytest.raises(RuntimeError) as refused:
+        page.check_folder(None)  # Check pressed before a folder was chosen
+    assert str(refused.value) == folder_upload.NOTHING_CHOSEN
+    after = sorted(str(p) for p in data_root.rglob("*"))
+    visitor = session.STORE.visitor_dir(session.visitor(SimpleNamespace(session_hash=page.session)))
+    assert [p for p in after if p not in before and not p.startswith(str(visitor))] == []
+    assert not any(visitor.rglob("escaped.jpg")) and not any((up / "escaped.jpg").exists() for up in visitor.parents)
+
+
+def test_a_folder_over_the_upload_limit_is_refused_whether_the_page_held_it_back_or_sent_it(url, tmp_path, monkeypatch):
+    with_limits(monkeypatch, max_upload="2kb")
+    page = Page(url)
+    page.claim(None)
+    sent = page.send_folder(write_photos(tmp_path / "food", per_class=3, classes=("red", "blue")))
+    size = sent["bytes"]
+    said = (f"food holds {size / 1024:.1f} KB of photos; one upload may hold at most 2 KB. "
+            "Choose a folder with fewer or smaller photos")
+    held_back = {**sent, "files": []}  # what the page sends when the server's limits say no
+    for value in (held_back, {**sent, "bytes": 1}):  # ... and a page that sent it anyway, under-counting
+        with pytest.raises(RuntimeError) as refused:
+            page.check_folder(value)
+        assert str(refused.value) == said
+    # What the page asks before sending (the picker's server function): the same limit.
+    picker = next(c["id"] for c in page.http.get("config").json()["components"]
+                  if c["props"].get("elem_id") == "ft-folder")
+    asked = page.http.post("gradio_api/component_server", json={"data": [], "component_id": picker,
+                                                                "fn_name": "folder_limits", "session_hash": page.session})
+    assert asked.json() == {"max_files": 50_000, "max_bytes": 2048}
+
+
 def test_a_visitor_over_the_disk_quota_is_told_how_to_make_room(url, photos_zip, monkeypatch):
     with_limits(monkeypatch, visitor_disk_mb=0.01)
     page = Page(url)
@@ -304,6 +403,14 @@ def test_limits_are_tight_on_a_space_off_locally_and_each_settable():
     assert custom.max_epochs == 5 and custom.visitor_disk_mb == 0 and custom.total_disk_mb == SPACE_DEFAULTS.total_disk_mb
     with pytest.raises(SystemExit, match="TRANSFER_STUDIO_MAX_EPOCHS='many' is not a number"):
         limits_from({"TRANSFER_STUDIO_MAX_EPOCHS": "many"}, on_space=False)
+
+
+@pytest.mark.parametrize("max_upload, folder_bytes", [("500mb", 500 * 2**20), ("64kb", 64 * 2**10),
+                                                      ("5gb", MAX_ZIP_BYTES), ("0", MAX_ZIP_BYTES)])
+def test_a_picked_folder_may_hold_what_one_upload_may_and_never_more_than_a_zip_may_unpack(monkeypatch, max_upload,
+                                                                                          folder_bytes):
+    with_limits(monkeypatch, max_upload=max_upload)
+    assert folder_upload.folder_limits() == {"max_files": MAX_ZIP_FILES, "max_bytes": folder_bytes}
 
 
 def test_on_a_space_gradio_sweeps_its_upload_cache_and_caps_each_upload(monkeypatch):

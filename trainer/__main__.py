@@ -141,11 +141,38 @@ class _StopOnInterrupt:
 
 
 def run_fit(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from trainer.distributed import Terminated, joined
+
+    config = config_from_args(args, TrainConfig)
+    with joined(config.device) as world:  # under torchrun: every process trains, the first one reports
+        try:
+            return _fit_and_report(args, config) if world.main else _fit_quietly(args, config)
+        except (Terminated, dist.DistError, RuntimeError) as exc:
+            # A process that died (its own traceback says why) shows up in the others as SIGTERM from torchrun
+            # or as gloo's "Connection closed by peer" inside a collective; any other RuntimeError is a bug.
+            if isinstance(exc, RuntimeError) and not isinstance(exc, dist.DistError) and "peer" not in str(exc):
+                raise
+            if world.main:
+                print("stopped: torchrun ends every process of a training when one fails or on Ctrl-C; "
+                      f"nothing was written to {args.out}", file=sys.stderr)
+            return 1
+
+
+def _fit_quietly(args: argparse.Namespace, config: TrainConfig) -> int:
+    from trainer.train import fit
+
+    with _StopOnInterrupt() as stop:
+        fit(args.data, config, args.out, overwrite=args.overwrite, should_stop=stop)
+    return 0
+
+
+def _fit_and_report(args: argparse.Namespace, config: TrainConfig) -> int:
     from tqdm import tqdm
 
     from trainer.train import fit
 
-    config = config_from_args(args, TrainConfig)
     bar = None
 
     def on_batch(event):

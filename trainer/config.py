@@ -17,11 +17,12 @@ from models.preprocess import PreprocessSpec
 from models.run_folder import RunRecord
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
-STRATEGIES = ("linear-probe", "finetune", "full")
+STRATEGIES = ("linear-probe", "partial", "finetune", "full")
 OPTIMIZERS = ("sgd", "adamw")
 AUGMENTS = ("none", "flip-crop", "trivialaugment")
 STEP_PER = ("epoch", "batch")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
 # Rows of the fine-tune form, in the order the page shows them; "more" sits in a closed accordion.
 FORM_GROUPS = ("model", "run", "data", "schedule", "more")
 MAX_IMAGE_SIZE = 1024
@@ -155,7 +156,8 @@ class TrainConfig:
     weights: str = option("imagenet", label="Pretrained weights", group="model",
                           help="imagenet, none, or a .safetensors/.pth path")
     strategy: str = option("linear-probe", label="Strategy", choices=STRATEGIES, group="model",
-                           help="linear-probe: frozen backbone; finetune: head first, then all; full: all")
+                           help="linear-probe: frozen backbone; partial: layer4 and the head; "
+                                "finetune: head first, then all; full: all")
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     batch_size: int = option(32, label="Batch size", low=1, group="run", help="photos per optimizer step")
     head_epochs: int = option(2, label="Head-only epochs", low=0, group="run",
@@ -181,6 +183,15 @@ class TrainConfig:
                            help="stop after this many epochs without a better val accuracy; 0 = off")
     max_minutes: float = option(0.0, label="Time limit (minutes)", low=0.0, group="data",
                                 help="stop training after this many minutes, keeping the best model; 0 = no limit")
+    freeze_bn: bool = option(False, label="Freeze BatchNorm statistics", group="more",
+                             help="keep every BatchNorm layer's running statistics as loaded (eval mode): "
+                                  "steadier with small batches")
+    sync_bn: bool = option(False, label="Synchronise BatchNorm across GPUs",
+                           help="torchrun on GPUs: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    precision: str = option("auto", label="Precision", choices=PRECISIONS, group="more",
+                            help="auto: bfloat16 autocast on GPUs that have it (else float16) and on CPUs with "
+                                 "native bfloat16 (AVX512-BF16 or AMX), float32 elsewhere; fp32: never; "
+                                 "bf16: also where emulated")
     device: str = option("auto", label="Device", choices=DEVICES, help="where to train: auto picks CUDA when there is a GPU")
 
     @property
@@ -322,16 +333,17 @@ class RunConfig:
     train: TrainConfig
     labels: list[str]
     preprocessing: PreprocessSpec
+    trained_on: dict = field(default_factory=dict)  # processes (torchrun's world size), backend, precision
 
     def to_record(self) -> RunRecord:
-        return RunRecord(list(self.labels), self.preprocessing, self.train.to_dict())
+        return RunRecord(list(self.labels), self.preprocessing, self.train.to_dict(), dict(self.trained_on))
 
     def to_dict(self) -> dict:
         return self.to_record().to_dict()
 
     @classmethod
     def from_record(cls, record: RunRecord) -> "RunConfig":
-        return cls(TrainConfig.from_dict(record.train), list(record.labels), record.preprocessing)
+        return cls(TrainConfig.from_dict(record.train), list(record.labels), record.preprocessing, dict(record.trained_on))
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":

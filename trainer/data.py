@@ -195,7 +195,7 @@ def _checked_members(
         entry = info.filename.replace("\\", "/")
         parts = [p for p in entry.split("/") if p not in ("", ".")]
         if entry.startswith("/") or re.match(r"^[A-Za-z]:", entry) or ".." in parts:
-            raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} points outside the archive folder")
+            raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} points outside its folder")
         if stat.S_ISLNK(info.external_attr >> 16):
             raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} is a symbolic link")
         if info.flag_bits & 0x1:
@@ -236,7 +236,7 @@ def _extract_members(archive, members, dest: Path, name: str, max_bytes: int) ->
         # Belt and braces over the name checks (relative, no `..`, no links in the archive, a fresh
         # folder): the joined path must stay under dest. A string check, so deep entries stay cheap.
         if not os.path.normpath(target).startswith(prefix):
-            raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} points outside the archive folder")
+            raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} points outside its folder")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(info) as src, open(target, "xb") as out:
@@ -525,12 +525,14 @@ def open_dataset(
     seed: int = 0,
     prepare: Callable[[Image.Image], Any] | None = None,
     max_pixels: int = MAX_PIXELS,
+    world=None,
 ) -> Dataset:
     """Open a folder or .zip of photos as a Dataset; bad files are skipped and reported, never fatal.
 
     A zip is extracted afresh into `workdir/data` (workdir is required for zips). When `workdir` is
     given the report is also written to `workdir/data_report.json`. Each photo is decoded once; with
-    `prepare`, its result is kept on the record as `prepared`.
+    `prepare`, its result is kept on the record as `prepared`. With `world` (a trainer.distributed.World),
+    each process decodes its shard of the photos and receives the others'.
     """
     if not 0 < val_fraction < 1:
         raise DataError(f"The validation fraction must be between 0 and 1, got {val_fraction}")
@@ -567,8 +569,11 @@ def open_dataset(
         raise DataError(f"Found {found}; at least 2 classes are needed, each in its own folder")
 
     scan.candidates.sort(key=lambda c: c.rel)
+    mine = world.shard(scan.candidates) if world else scan.candidates
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        results = list(pool.map(lambda c: _decode(root / c.rel, prepare, max_pixels), scan.candidates))
+        results = list(pool.map(lambda c: _decode(root / c.rel, prepare, max_pixels), mine))
+    if world:
+        results = world.gather_shards(results)
 
     index = {name: i for i, name in enumerate(labels)}
     splits: dict[str, list[ImageRecord]] = {split: [] for split in SPLITS}
@@ -716,3 +721,133 @@ def _unique_path(folder: Path, filename: str) -> Path:
         candidate = folder / f"{stem}_{n}{suffix}"
         n += 1
     return candidate
+
+
+# ---------------------------------------------------------------------------------------------
+# A folder sent file by file (the browser's folder picker)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_folder_bounds(name: str, files: int, size: int, max_files: int = MAX_ZIP_FILES,
+                        max_bytes: int = MAX_ZIP_BYTES) -> None:
+    """Refuse a folder with more files, or more bytes of photos, than one upload may hold."""
+    if files > max_files:
+        raise DataError(f"{name} holds {files:,} files; one upload may hold at most {max_files:,}. "
+                        "Choose a folder with fewer files")
+    if size > max_bytes:
+        raise DataError(f"{name} holds {size_words(size)} of photos; one upload may hold at most "
+                        f"{size_words(max_bytes)}. Choose a folder with fewer or smaller photos")
+
+
+def size_words(size: int) -> str:
+    """A number of bytes as a person reads it: 512 bytes, 3.4 KB, 27.1 MB, 1.5 GB (powers of 1024, as Gradio's)."""
+    for unit, scale in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
+
+
+class _SentFiles:
+    """Files sent one by one, listed as a zip's entries, so that _checked_members checks their names as a zip's."""
+
+    def __init__(self, infos: list[zipfile.ZipInfo]):
+        self._infos = infos
+
+    def infolist(self) -> list[zipfile.ZipInfo]:
+        return self._infos
+
+
+def _top_folder(names) -> str | None:
+    """The folder every name is inside ('food' for food/ramen/a.jpg, food/sushi/b.jpg), None when there is none."""
+    tops = set()
+    for name in names:
+        parts = [p for p in str(name).replace("\\", "/").split("/") if p not in ("", ".")]
+        if len(parts) < 2:
+            return None
+        tops.add(parts[0])
+    return tops.pop() if len(tops) == 1 else None
+
+
+def open_uploaded_folder(files, workdir, left_out=(), max_files: int = MAX_ZIP_FILES, max_bytes: int = MAX_ZIP_BYTES,
+                         **options) -> Dataset:
+    """Open a folder that arrived file by file as open_dataset opens the same folder zipped.
+
+    `files` pairs each photo's path inside the chosen folder, as the browser gives it ("food/ramen/a.jpg"),
+    with the uploaded file that holds it; `left_out` names the files the sender did not send (not photos).
+    They are written under `workdir/data` with a zip's checks and bounds: a name that climbs out refuses the
+    whole folder, as do clashing names and too many files or bytes; a name too long or nested too deeply is
+    skipped with the reason. The left-out names are written as empty files, so the report gives each the
+    reason a zip's entry gets, then everything but the usable photos is removed, as from a zip. The dataset
+    is the chosen folder (the report's source names it); the report is also written to
+    `workdir/data_report.json`. `options` go to open_dataset.
+    """
+    sent = [(str(rel), Path(src)) for rel, src in files]
+    left_out = [str(rel) for rel in left_out]
+    name = _top_folder([rel for rel, _ in sent] + left_out) or "The upload"
+    sizes = []
+    for rel, src in sent:
+        try:
+            info = os.lstat(src)
+        except OSError:
+            info = None
+        if info is None or not stat.S_ISREG(info.st_mode):
+            raise DataError(f"The uploaded file for {_shown(rel)} is gone (uploads are kept for a while only); "
+                            "choose the folder again")
+        sizes.append(info.st_size)
+    check_folder_bounds(name, len(sent) + len(left_out), sum(sizes), max_files, max_bytes)
+
+    dest = Path(workdir) / DATA
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    root = dest.resolve()
+    infos, sources = [], {}
+    for (rel, src), size in zip(sent, sizes):
+        info = zipfile.ZipInfo(rel)
+        info.file_size = size
+        infos.append(info)
+        sources[id(info)] = src
+    infos += [zipfile.ZipInfo(rel) for rel in left_out]
+    skipped: list[dict] = []
+    members = _checked_members(_SentFiles(infos), name, max_bytes, max_files, root, skipped)
+    if not members and skipped:
+        first = skipped[0]
+        raise DataError(f"None of the files in {name} can be stored ({first['reason']}: {_shown(first['path'])})")
+    if not members:
+        raise DataError(f"{name} holds no files")
+    _write_sent_files(members, sources, root, name)
+
+    top = _top_folder(rel.as_posix() for _, rel in members)
+    dataset = open_dataset(root / top if top else root, **options)
+    _keep_only(root, {r.path for records in (dataset.train, dataset.val, dataset.test) for r in records})
+    if skipped:
+        inside = dataset.root.relative_to(root).as_posix() + "/" if dataset.root != root else ""
+        for item in skipped:
+            path = item["path"]
+            item["path"] = path[len(inside):] if inside and path.startswith(inside) else path
+        dataset.report["skipped"] = sorted(dataset.report["skipped"] + skipped, key=lambda s: s["path"])
+    write_report(dataset.report, Path(workdir) / DATA_REPORT)
+    return dataset
+
+
+def _write_sent_files(members, sources: dict, root: Path, name: str) -> None:
+    """Copy each sent file to its checked path under root (a left-out name becomes an empty file); all or nothing."""
+    prefix = os.path.join(root, "")
+    try:
+        for info, rel in members:
+            target = root.joinpath(*rel.parts)
+            # As for a zip's entries: whatever the name checks let through, the path must stay under root.
+            if not os.path.normpath(target).startswith(prefix):
+                raise DataError(f"{name} is unsafe: the entry {_shown(info.filename)} points outside the folder")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            src = sources.get(id(info))
+            if src is None:
+                open(target, "xb").close()
+            else:
+                shutil.copyfile(src, target)
+    except (OSError, DataError) as exc:
+        shutil.rmtree(root, ignore_errors=True)  # no half-written dataset is mistaken for a checked one later
+        if isinstance(exc, DataError):
+            raise
+        if exc.errno == errno.ENOSPC:
+            raise DataError("There is not enough disk space to store the uploaded photos") from None
+        raise DataError(f"The photos of {name} could not be stored: {exc.strerror or _excerpt(exc)}") from None

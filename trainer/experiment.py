@@ -101,21 +101,24 @@ TIMED_PIXELS = 4 * 224 * 224
 
 
 @functools.lru_cache(maxsize=32)
-def image_seconds(arch: str, image_size: int, batch_size: int = 32, device: str = "cpu") -> tuple[float, float]:
+def image_seconds(arch: str, image_size: int, batch_size: int = 32, device: str = "cpu",
+                  precision: str = "auto") -> tuple[float, float]:
     """Measured seconds per photo for (a forward pass, a forward and backward pass) of `arch` on `device`.
 
-    Timed on a batch as large as training's where that stays quick (the cost per photo of small
-    photos falls with the batch). Weights do not change the time, so a random model is timed.
+    Computed as training computes (`precision`'s autocast and memory format), on a batch as large as
+    training's where that stays quick (the cost per photo of small photos falls with the batch).
+    Weights do not change the time, so a random model is timed.
     """
     import torch
 
     from models.backbones import create_model
-    from trainer.step import resolve_device
+    from trainer.step import Autocast, resolve_device
 
     target = resolve_device(device)
-    model = create_model(arch, 10, "none").to(target)
+    autocast = Autocast(target, precision)
+    model = autocast.prepare(create_model(arch, 10, "none").to(target))
     batch = max(1, min(batch_size, TIMED_PIXELS // (image_size * image_size)))
-    x = torch.randn(batch, 3, image_size, image_size, device=target)
+    x = autocast.to_device(torch.randn(batch, 3, image_size, image_size))
     timings = []
     for backward in (False, True):
         elapsed = []
@@ -123,10 +126,12 @@ def image_seconds(arch: str, image_size: int, batch_size: int = 32, device: str 
             started = time.perf_counter()
             if backward:
                 model.train()
-                model(x).sum().backward()
+                with autocast():
+                    loss = model(x).float().sum()
+                loss.backward()
             else:
                 model.eval()
-                with torch.inference_mode():
+                with torch.inference_mode(), autocast():
                     model(x)
             if target.type == "cuda":
                 torch.cuda.synchronize()
@@ -159,7 +164,7 @@ def estimate(arms: list[Arm], train: int, val: int) -> float:
     for arm in arms:
         config = arm.config
         forward, backward = image_seconds(config.arch, config.image_size, config.batch_size,
-                                          resolve_device(config.device).type)
+                                          resolve_device(config.device).type, config.precision)
         total += arm_seconds(config, train, val, forward, backward)
     return total
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from models.backbones import create_model, preprocessing_for
 from trainer.config import TrainConfig
-from trainer.step import Autocast, create_optimizer, resolve_device, to_device, train_step
+from trainer.step import Autocast, create_optimizer, resolve_device, train_step
 from trainer.task import build_task, load_data
 
 SMOOTHING = 0.98  # exponential moving average of the loss, debiased, as fastai smooths it
@@ -80,8 +80,8 @@ def lr_find(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         dataset = load_data(data, config, spec, Path(tmp))
         torch.manual_seed(config.seed)
-        model = create_model(config.arch, len(dataset.labels), config.weights).to(device)
-        autocast = Autocast(device)
+        autocast = Autocast(device, config.precision)
+        model = autocast.prepare(create_model(config.arch, len(dataset.labels), config.weights).to(device))
         task = build_task(model, dataset, config, spec, device, autocast, log=lambda m: None)
     frozen = config.strategy == "finetune" and config.head_epochs > 0
     for p in task.backbone:
@@ -90,6 +90,8 @@ def lr_find(
     ratios = [group["lr"] / config.lr for group in optimizer.param_groups]
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     task.module.train()
+    if task.frozen is not None:
+        task.frozen.eval()
     lrs, losses, average, best = [], [], 0.0, math.inf
     batches = iter(task.train_loader)
     for step in range(iterations):
@@ -103,7 +105,7 @@ def lr_find(
         lr = start_lr * (end_lr / start_lr) ** (step / (iterations - 1))
         for group, ratio in zip(optimizer.param_groups, ratios):
             group["lr"] = lr * ratio
-        loss, _ = train_step(task.module, to_device(x, device), y.to(device), criterion, optimizer, autocast)
+        loss, _ = train_step(task.module, autocast.to_device(x), y.to(device), criterion, optimizer, autocast)
         value = loss.item()
         if not math.isfinite(value):
             break

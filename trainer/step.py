@@ -16,23 +16,47 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda" and x.dim() == 4:
-        return x.to(device, non_blocking=True, memory_format=torch.channels_last)
-    return x.to(device, non_blocking=True)
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: the CPU computes bfloat16 itself (elsewhere bf16 is emulated, and slower than fp32)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 class Autocast:
-    """bf16 autocast where the GPU supports it, else fp16 with a grad scaler; nothing on CPU."""
+    """How the model computes on its device: the autocast dtype, the grad scaler, the memory format.
 
-    def __init__(self, device: torch.device):
-        self.enabled = device.type == "cuda"
-        self.dtype = torch.bfloat16 if self.enabled and torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.enabled and self.dtype == torch.float16)
+    `auto` is bfloat16 on GPUs that support it (float16 with a grad scaler on older ones) and on CPUs
+    with native bfloat16, where channels_last lets oneDNN use it; float32 elsewhere. `fp32` turns it off.
+    """
+
+    def __init__(self, device: torch.device, precision: str = "auto"):
         self.device = device
+        if precision == "fp32":
+            self.dtype = None
+        elif device.type == "cuda":
+            if precision == "bf16" and not torch.cuda.is_bf16_supported():
+                raise ConfigError("This GPU has no bfloat16; use --precision auto (float16) or fp32")
+            self.dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        else:
+            self.dtype = torch.bfloat16 if precision == "bf16" or cpu_has_native_bf16() else None
+        self.enabled = self.dtype is not None
+        self.channels_last = device.type == "cuda" or self.enabled
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
+
+    @property
+    def name(self) -> str:
+        """What the run's config records: "bfloat16", "float16" or "float32"."""
+        return str(self.dtype or torch.float32).removeprefix("torch.")
 
     def __call__(self):
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.enabled)
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            return x.to(self.device, non_blocking=True, memory_format=torch.channels_last)
+        return x.to(self.device, non_blocking=True)
 
 
 def create_optimizer(config: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:

@@ -2,7 +2,8 @@
 
 The strategies and parameter groups are `trainer.task`'s, the optimizer step `trainer.step`'s, the
 run folder's files `models.run_folder`'s. Progress leaves through callbacks; a stop flag is checked
-every batch, and a stopped run keeps its best model so far.
+every batch, and a stopped run keeps its best model so far. Under torchrun the same loop runs in
+every process with DistributedDataParallel (`trainer.distributed`); the first process writes the run.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -18,17 +21,20 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from models.atomic import replace_file
 from models.backbones import create_model, preprocessing_for
 from models.metrics import classification_report
-from models.run_folder import RunFolder
+from models.run_folder import RunFolder, publish_run
+from trainer import distributed
 from trainer.config import ConfigError, RunConfig, TrainConfig
 from trainer.data import Dataset
+from trainer.distributed import World
 from trainer.schedules import create_scheduler, resolve
-from trainer.step import Autocast, create_optimizer, resolve_device, to_device, train_step
-from trainer.task import Task, build_task, class_weights, eval_inputs, load_data
+from trainer.step import Autocast, create_optimizer, resolve_device, train_step
+from trainer.task import Task, build_task, class_weights, eval_inputs, is_padding, load_data
 
 
 @dataclass
@@ -62,35 +68,64 @@ class FitResult:
     predictions: dict = field(default_factory=dict)  # split -> [(rel path, true, predicted, confidence)]
 
 
-def prepare_run_dir(out: str | Path, overwrite: bool) -> RunFolder:
-    """An empty run folder; a non-empty one is refused unless `overwrite`."""
+def check_run_dir(out: str | Path, overwrite: bool) -> Path:
+    """Where a run may be written: a non-empty folder is refused unless `overwrite`."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out} is not empty; choose another --out or pass --overwrite")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty; choose another --out or pass --overwrite")
+    return out
+
+
+def prepare_run_dir(out: str | Path, overwrite: bool) -> RunFolder:
+    """An empty folder at `out` (a non-empty one is emptied only with `overwrite`)."""
+    out = check_run_dir(out, overwrite)
+    if out.is_dir():
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     return RunFolder(out).create()
 
 
-def _evaluate(module: nn.Module, loader: DataLoader, criterion, device, autocast) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """(mean loss, targets, predictions, confidences) over a loader."""
+@contextmanager
+def _unfinished_run(out: Path, world: World):
+    """The folder a run is written in until it is finished: next to `out` on the first process, private elsewhere.
+
+    Whatever ends the run early (an error, Ctrl-C, torchrun's SIGTERM) removes it; a SIGKILL leaves
+    only this hidden folder, never a half-written `out`.
+    """
+    if world.main:
+        path = out.parent / f".{out.name}.unfinished"
+        shutil.rmtree(path, ignore_errors=True)  # left by a killed run
+        path.mkdir(parents=True)
+    else:
+        path = Path(tempfile.mkdtemp(prefix=f"rank{world.rank}-"))
+    try:
+        yield RunFolder(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _evaluate(module: nn.Module, loader: DataLoader, criterion, device, autocast, world: World) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """(mean loss, targets, predictions, confidences) over a split, each process evaluating its shard."""
     module.eval()
-    total, losses, targets, preds, confs = 0, 0.0, [], [], []
+    rows = []
     with torch.inference_mode(), autocast():
         for x, y in loader:
-            logits = module(to_device(x, device)).float()
+            logits = module(autocast.to_device(x)).float()
             y = y.to(device)
-            losses += criterion(logits, y).item() * len(y)
-            total += len(y)
-            prob = logits.softmax(dim=1)
-            conf, pred = prob.max(dim=1)
-            targets.append(y.cpu().numpy())
-            preds.append(pred.cpu().numpy())
-            confs.append(conf.cpu().numpy())
-    return losses / max(total, 1), np.concatenate(targets), np.concatenate(preds), np.concatenate(confs)
+            losses = criterion(logits, y)
+            conf, pred = logits.softmax(dim=1).max(dim=1)
+            rows.extend(zip(losses.tolist(), y.tolist(), pred.tolist(), conf.tolist()))
+    losses, targets, preds, confs = (np.array(column) for column in zip(*world.gather_shards(rows)))
+    return float(losses.mean()), targets.astype(np.int64), preds.astype(np.int64), confs
+
+
+def _synchronised(module: nn.Module, world: World, device: torch.device) -> nn.Module:
+    """The module that takes the training steps: wrapped in DDP across processes, as it is in one."""
+    if world.size == 1:
+        return module
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _freeze_for_epoch(model: nn.Module, task: Task, config: TrainConfig, epoch: int) -> bool:
@@ -99,7 +134,9 @@ def _freeze_for_epoch(model: nn.Module, task: Task, config: TrainConfig, epoch: 
     for p in task.backbone:
         p.requires_grad_(not frozen)
     task.module.train()
-    if frozen:  # keep BatchNorm statistics of the pretrained backbone while only the head learns
+    if task.frozen is not None:
+        task.frozen.eval()
+    if frozen or config.freeze_bn:  # keep the backbone's BatchNorm statistics as loaded
         for name, module in model.named_modules():
             if not name.startswith("fc") and isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
@@ -119,76 +156,93 @@ def fit(
 ) -> FitResult:
     """Train per `config` on `data` (a folder, a .zip, or an opened Dataset) and write the run folder `out`.
 
-    A run that fails before it is finished leaves no half-written folder: one it created is removed.
+    The run is written under a temporary name and appears at `out` only when finished (replacing what
+    `overwrite` allowed to replace), so a run that fails or is killed leaves no half-written folder.
+    Under torchrun every process trains its share and only the first one writes, reports and calls back.
     """
     config.validate()
     resolve(config.schedule)  # refuse a bad schedule before any photo is decoded
-    created = not Path(out).exists()
-    run = prepare_run_dir(out, overwrite)
-    try:
-        return _fit(data, config, run, on_batch, on_epoch, should_stop or (lambda: False), log, export)
-    except BaseException:
-        if not run.is_finished():
-            shutil.rmtree(run.path, ignore_errors=True)
-            if not created:
-                run.path.mkdir()
-        raise
-
-
-def _fit(data, config: TrainConfig, run: RunFolder, on_batch, on_epoch, should_stop, log, export) -> FitResult:
-    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else float("inf")
     device = resolve_device(config.device)
+    if config.sync_bn and device.type != "cuda":
+        raise ConfigError("--sync-bn synchronises BatchNorm between GPUs; DistributedDataParallel supports "
+                          "SyncBatchNorm on CUDA only. Leave it off on CPU (or freeze BatchNorm with --freeze-bn)")
+    world = distributed.current()
+    out = check_run_dir(out, overwrite)
+    if not world.main:
+        on_batch, on_epoch, log = None, None, lambda message: None
+    with _unfinished_run(out, world) as run:
+        result = _fit(data, config, run, device, world, on_batch, on_epoch, should_stop or (lambda: False), log, export)
+        if world.main:
+            publish_run(run.path, out)
+    result.run_dir = out
+    return result
+
+
+def _fit(data, config: TrainConfig, run: RunFolder, device: torch.device, world: World, on_batch, on_epoch,
+         should_stop, log, export) -> FitResult:
+    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes else float("inf")
     spec = preprocessing_for(config.arch, config.image_size)
-    data = load_data(data, config, spec, run.path)
+    data = load_data(data, config, spec, run.path, world)
     log(data.summary())
     if not data.val:
         raise ConfigError("No validation photos: every class needs at least 2 photos (or give a val/ folder)")
     labels = data.labels
-    run_config = RunConfig(train=config, labels=labels, preprocessing=spec)
-    run.write_config(run_config.to_record())
+    autocast = Autocast(device, config.precision)
+    run_config = RunConfig(train=config, labels=labels, preprocessing=spec,
+                           trained_on={**world.describe(), "device": device.type, "precision": autocast.name})
+    if world.main:
+        run.write_config(run_config.to_record())
 
     torch.manual_seed(config.seed)
     model = create_model(config.arch, len(labels), config.weights).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    autocast = Autocast(device)
-    task = build_task(model, data, config, spec, device, autocast, log, should_stop)
+    if config.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = autocast.prepare(model)
+    # Processes compute cached features for shards of unequal length, so they cannot agree on a stop per batch
+    # there: under torchrun a stop waits for the first training batch.
+    task = build_task(model, data, config, spec, device, autocast, log, should_stop if world.size == 1 else lambda: False,
+                      world)
     weight = class_weights(data.train, len(labels)).to(device) if config.class_weighted else None
     criterion = nn.CrossEntropyLoss(weight=weight, label_smoothing=config.label_smoothing)
-    eval_criterion = nn.CrossEntropyLoss()
+    eval_criterion = nn.CrossEntropyLoss(reduction="none")  # per photo, so shards average as one split
     optimizer = create_optimizer(config, task.groups)
     stepper = create_scheduler(optimizer, replace(config.schedule, steps_per_epoch=len(task.train_loader)))
     head_group = optimizer.param_groups[-1]
 
     history: list[EpochStats] = []
     best_state, best_key, best_epoch, stale, stopped = None, None, 0, 0, None
+    stepping, stepping_frozen = None, None
     for epoch in range(config.epochs):
         frozen = _freeze_for_epoch(model, task, config, epoch)
+        if stepping is None or frozen != stepping_frozen:  # DDP syncs the gradients of what trains in this phase
+            stepping, stepping_frozen = _synchronised(task.module, world, device), frozen
+        task.train_loader.sampler.set_epoch(epoch)
         started = time.perf_counter()
         seen, correct, loss_sum, lrs = 0, 0, 0.0, []
         for batch, (x, y) in enumerate(task.train_loader):
-            if should_stop():
-                stopped = "cancelled"
+            cancelled, late = world.any(should_stop(), time.monotonic() > deadline)
+            if cancelled or late:
+                stopped = "cancelled" if cancelled else "time limit"
                 break
-            if time.monotonic() > deadline:
-                stopped = "time limit"
-                break
-            x, y = to_device(x, device), y.to(device)
+            x, y = autocast.to_device(x), y.to(device)
             lrs.append(head_group["lr"])
-            loss, logits = train_step(task.module, x, y, criterion, optimizer, autocast)
+            loss, logits = train_step(stepping, x, y, criterion, optimizer, autocast)
             stepper.after_batch()
-            if not math.isfinite(loss.item()):
+            if world.any(not math.isfinite(loss.item()))[0]:
                 raise ConfigError(f"The loss became {loss.item()} at epoch {epoch + 1}: the learning rate {config.lr} is too high")
-            seen += len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            loss_sum += loss.item() * len(y)
+            counted = ~is_padding(task.train_loader, world, batch, len(y)).to(device)
+            seen += int(counted.sum())
+            correct += int(((logits.argmax(1) == y) & counted).sum())
+            loss_sum += loss.item() * int(counted.sum())
             if on_batch:
                 on_batch(BatchEvent(epoch, batch, len(task.train_loader), loss.item(), lrs[-1]))
         if stopped:
             break
-        val_loss, val_t, val_p, _ = _evaluate(task.module, task.eval_loaders["val"], eval_criterion, device, autocast)
+        val_loss, val_t, val_p, _ = _evaluate(task.module, task.eval_loaders["val"], eval_criterion, device, autocast,
+                                              world)
         stepper.after_epoch(val_loss)
-        stats = EpochStats(epoch + 1, "head" if frozen or config.strategy == "linear-probe" else "all",
+        loss_sum, correct, seen = world.sum(loss_sum, correct, seen)
+        stats = EpochStats(epoch + 1, _phase(config, frozen),
                            loss_sum / max(seen, 1), correct / max(seen, 1), val_loss,
                            float((val_t == val_p).mean()), lrs, time.perf_counter() - started)
         history.append(stats)
@@ -207,10 +261,18 @@ def _fit(data, config: TrainConfig, run: RunFolder, on_batch, on_epoch, should_s
     if best_state is not None:
         task.module.load_state_dict(best_state)
     log(_evaluating(stopped, history, best_epoch, config, data))
-    result = _finish(run, model, task, data, labels, history, best_epoch, stopped, eval_criterion, device, autocast)
-    if export:
+    result = _finish(run, model, task, data, labels, history, best_epoch, stopped, eval_criterion, device, autocast,
+                     world)
+    if export and world.main:
         _export(run, model, run_config, data, result, log)
     return result
+
+
+def _phase(config: TrainConfig, frozen: bool) -> str:
+    """What trained in an epoch, for the epoch tables: "head", "layer4+head" or "all"."""
+    if frozen or config.strategy == "linear-probe":
+        return "head"
+    return "layer4+head" if config.strategy == "partial" else "all"
 
 
 # How a training that did not run every epoch ended (FitResult.stopped), in words: the log's and the app's.
@@ -227,14 +289,15 @@ def _evaluating(stopped: str | None, history: list[EpochStats], best_epoch: int,
     return f"Training {ended} epoch{'s' if counted != 1 else ''}. Evaluating {model} on {photos} photos"
 
 
-def _finish(run: RunFolder, model, task, data, labels, history, best_epoch, stopped, criterion, device, autocast) -> FitResult:
+def _finish(run: RunFolder, model, task, data, labels, history, best_epoch, stopped, criterion, device, autocast,
+            world: World) -> FitResult:
     """Evaluate the kept model on validation (and test) photos and write the weights, history and metrics."""
     from safetensors.torch import save_file
 
     metrics = {"best_epoch": best_epoch, "epochs_run": len(history), "stopped": stopped}
     predictions = {}
     for split, loader in task.eval_loaders.items():
-        loss, targets, preds, confs = _evaluate(task.module, loader, criterion, device, autocast)
+        loss, targets, preds, confs = _evaluate(task.module, loader, criterion, device, autocast, world)
         metrics[split] = classification_report(targets, preds, labels, loss)
         records = getattr(data, split)
         predictions[split] = [(r.rel, int(t), int(p), float(c)) for r, t, p, c in zip(records, targets, preds, confs)]
@@ -243,6 +306,8 @@ def _finish(run: RunFolder, model, task, data, labels, history, best_epoch, stop
         "Validation photos chose the best epoch, so validation accuracy is optimistic; "
         + ("the test split was never used for selection." if metrics["test"] else "add a test/ folder for an unbiased figure.")
     )
+    if not world.main:
+        return FitResult(run.path, labels, metrics, history, stopped, predictions)
     state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
              for k, v in model.state_dict().items()}
     replace_file(run.weights, lambda tmp: save_file(state, str(tmp)))

@@ -1,4 +1,9 @@
-"""The classify tab: photos classified by an exported ONNX model through `models.serving`, and /classify."""
+"""The classify tab: photos classified by an exported ONNX model through `models.serving`, and /classify.
+
+A run serves its default exported model (its fastest within 1 point of fp32's validation accuracy,
+chosen at export) unless the visitor picks another in "Exported model" (the API's `variant`); every
+answer says which served.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,8 @@ import gradio as gr
 import pandas as pd
 from gradio import processing_utils
 
-from models.runtime import ModelLoadError
-from models.serving import IMAGENET, IMAGENET_ARCH
+from models.runtime import VARIANT_NAMES, ModelLoadError, run_variants
+from models.serving import IMAGENET, IMAGENET_ARCH, Classified
 from ui import EXAMPLES, session
 from ui.errors import user_errors
 
@@ -43,29 +48,46 @@ def _photo_answer(results: list[dict], photo: str) -> list[dict]:
     return results[0]["predictions"]
 
 
-def _ref_from_tab(source: str, run_id: str | None, onnx_file: str | None) -> str:
+def _classify_in_tab(paths: list[str], source: str, run_id: str | None, onnx_file: str | None, top_k: int,
+                     variant: str | None) -> Classified:
     if source == ONNX_FILE:
-        return onnx_file or ""
-    return IMAGENET if source == IMAGENET_MODEL else (run_id or "")
-
-
-def classify_photo(image: str | None, source: str, run_id: str | None, onnx_file: str | None, top_k: int):
-    """Handler of Classify: (label scores for gr.Label, provider and latency)."""
-    if not image:
-        raise gr.Error("Add a photo first (upload, webcam or paste)")
+        ref, variant = onnx_file or "", None
+    elif source == IMAGENET_MODEL:
+        ref, variant = IMAGENET, None
+    else:
+        ref = run_id or ""
     with user_errors():
         # A file uploaded through the tab is a trusted path; typed paths are for local use only.
-        results, provider, ms = session.MODELS.classify_files([image], _ref_from_tab(source, run_id, onnx_file), top_k, True)
-    scores = {p["label"]: p["score"] for p in _photo_answer(results, image)}
-    return scores, f"Provider: `{provider}`, {ms:.1f} ms for this photo (preprocessing included)."
+        return session.MODELS.classify(paths, ref, top_k, True, variant)
 
 
-def classify_many(files: list[str] | None, source: str, run_id: str | None, onnx_file: str | None, top_k: int):
+def served_by(answer: Classified) -> str:
+    """Which of a run's models answered, for the tab: "Served by **INT8**, this run's default. " (nothing for a file)."""
+    if not answer.variant:
+        return ""
+    if answer.variant == answer.default:
+        return f"Served by **{VARIANT_NAMES[answer.variant]}**, this run's default. "
+    return f"Served by **{VARIANT_NAMES[answer.variant]}**, as picked (this run's default is {VARIANT_NAMES[answer.default]}). "
+
+
+def classify_photo(image: str | None, source: str, run_id: str | None, onnx_file: str | None, top_k: int,
+                   variant: str | None = None):
+    """Handler of Classify: (label scores for gr.Label, the model that served, provider and latency)."""
+    if not image:
+        raise gr.Error("Add a photo first (upload, webcam or paste)")
+    answer = _classify_in_tab([image], source, run_id, onnx_file, top_k, variant)
+    scores = {p["label"]: p["score"] for p in _photo_answer(answer.results, image)}
+    return scores, (f"{served_by(answer)}Provider: `{answer.provider}`, {answer.latency_ms:.1f} ms for this photo "
+                    "(preprocessing included).")
+
+
+def classify_many(files: list[str] | None, source: str, run_id: str | None, onnx_file: str | None, top_k: int,
+                  variant: str | None = None):
     """Handler of Classify all: (a table, a gallery with the top label, a message)."""
     if not files:
         raise gr.Error("Add some photos first")
-    with user_errors():
-        results, provider, ms = session.MODELS.classify_files(files, _ref_from_tab(source, run_id, onnx_file), top_k, True)
+    answer = _classify_in_tab(files, source, run_id, onnx_file, top_k, variant)
+    results, provider, ms = answer.results, answer.provider, answer.latency_ms
     rows, gallery = [], []
     for item in results:
         name = Path(item["path"]).name
@@ -76,16 +98,38 @@ def classify_many(files: list[str] | None, source: str, run_id: str | None, onnx
         rows.append({"photo": name, "top label": top["label"], "score": round(top["score"], 4),
                      "also": ", ".join(f"{p['label']} {p['score']:.2f}" for p in rest)})
         gallery.append((item["path"], f"{top['label']} ({top['score']:.0%})"))
-    return pd.DataFrame(rows), gallery, f"{len(files)} photos in {ms:.0f} ms on `{provider}`."
+    return pd.DataFrame(rows), gallery, f"{served_by(answer)}{len(files)} photos in {ms:.0f} ms on `{provider}`."
 
 
-def classify_api(image: str, model: str, top_k: float, request: gr.Request) -> dict:
-    """API: a photo, a model reference (run id, hf://user/name, "imagenet", or a path when local) and top_k."""
+def classify_api(image: str, model: str, top_k: float, request: gr.Request, variant: str | None = None) -> dict:
+    """API: a photo, a model reference (run id, hf://user/name, "imagenet", or a path when local), top_k, and
+    for a run which of its exported models ("fp32", "fp16", "int8"; blank: the run's default).
+
+    Answers {"predictions", "provider", "latency_ms", "variant"}: "variant" is the run's model that served,
+    null for a single model file."""
     if not image:
         raise gr.Error("Send a photo")
     with user_errors():
-        results, provider, ms = session.MODELS.classify_files([image], model, int(top_k or 5), session.is_local(request))
-    return {"predictions": _photo_answer(results, image), "provider": provider, "latency_ms": round(ms, 3)}
+        answer = session.MODELS.classify([image], model, int(top_k or 5), session.is_local(request), variant)
+    return {"predictions": _photo_answer(answer.results, image), "provider": answer.provider,
+            "latency_ms": round(answer.latency_ms, 3), "variant": answer.variant}
+
+
+def variant_choices(source: str, run_id: str | None):
+    """When the run changes: its exported models to pick from, labelled with their export figures, the default
+    selected ("INT8 · val 53% · 199 img/s (3.2x fp32) · default"); hidden for anything but a run."""
+    hidden = gr.update(choices=[], value=None, visible=False)
+    if source != RUN or not run_id:
+        return hidden
+    try:
+        variants = run_variants(session.STORE.find(run_id))
+    except ValueError:  # not a run of this store (any more)
+        return hidden
+    if not variants:
+        return hidden
+    fp32 = next((v.images_per_s for v in variants if v.name == "fp32"), None)
+    choices = [(v.label(fp32) + (" · default" if v.default else ""), v.name) for v in variants]
+    return gr.update(choices=choices, value=next(v.name for v in variants if v.default), visible=True)
 
 
 def prepare_imagenet() -> None:
@@ -153,6 +197,8 @@ def classify_tab(runs_changed: gr.State) -> None:
         source = gr.Radio(list(MODEL_SOURCES), value=None, label="Model", elem_id="clf-source")
         # Half the page: room for a run's whole name ("food4 · resnet18 finetune · val 87% · 10:44 (cancelled)").
         run_id = gr.Dropdown(label="Your run", choices=[], allow_custom_value=False, visible=False, elem_id="clf-run")
+        variant = gr.Dropdown(label="Exported model", choices=[], allow_custom_value=False, visible=False,
+                              info="Default: the fastest within 1 point of fp32's accuracy", elem_id="clf-variant")
         onnx_file = gr.File(label=".onnx model (made by this app)", file_types=[".onnx"], visible=False, height=140,
                             elem_id="clf-onnx")
     with gr.Row():
@@ -172,9 +218,12 @@ def classify_tab(runs_changed: gr.State) -> None:
         table = gr.Dataframe(interactive=False)
         gallery = gr.Gallery(columns=6, height=260)
 
-    model_inputs = [source, run_id, onnx_file, top_k]
+    model_inputs = [source, run_id, onnx_file, top_k, variant]
     source.change(lambda s: (gr.update(visible=s == RUN), gr.update(visible=s == ONNX_FILE)),
                   source, [run_id, onnx_file], queue=False)
+    # Also when a page load or a training sets the run: the picker then lists that run's exported models.
+    gr.on([source.change, run_id.change], variant_choices, [source, run_id], variant, queue=False,
+          api_visibility="private")
     # On page load and after a training or a delete (session.newest_run); never on focus, which races the opening click.
     runs_changed.change(available_models, None, [source, run_id, onnx_file, models_md], api_visibility="private")
     classify.click(classify_photo, [image, *model_inputs], [scores, info], concurrency_limit=4,
@@ -185,6 +234,7 @@ def classify_tab(runs_changed: gr.State) -> None:
     api_image = PhotoFile(type="filepath", visible=False)
     api_model = gr.Textbox(visible=False)
     api_top_k = gr.Number(value=5, visible=False)
+    api_variant = gr.Textbox(value="", visible=False)  # blank: the run's default
     api_result = gr.JSON(visible=False)
-    gr.Button(visible=False).click(classify_api, [api_image, api_model, api_top_k], api_result, api_name="classify",
-                                   concurrency_limit=4, concurrency_id="classify")
+    gr.Button(visible=False).click(classify_api, [api_image, api_model, api_top_k, api_variant], api_result,
+                                   api_name="classify", concurrency_limit=4, concurrency_id="classify")

@@ -22,20 +22,23 @@ from models.job_slot import SlotAbandoned
 from models.run_folder import RunFolder
 from trainer.config import FORM_GROUPS, ConfigError, ScheduleConfig, TrainConfig, choices_of, config_fields, default_of
 from trainer.compare import compare as compare_runs
-from trainer.data import DataError, Dataset, assemble_class_folders, open_dataset
+from trainer.data import DataError, Dataset, assemble_class_folders, open_dataset, open_uploaded_folder
 from trainer.experiment import (KINDS, ArmDone, ArmFailed, ArmStarts, ExperimentDone, SeriesPlanned, arms_for,
                                 check_weights, duration_words, estimate, experiment_events)
 from trainer.schedules import CATALOGUE, resolve
-from trainer.stream import Done, Log, SweepDone, SweepStep, fit_events, sweep_events
+from trainer.stream import Done, Log, SweepDone, SweepStep
+from ui.zerogpu import fit_events, sweep_events
 from trainer.task import Cancelled, planned_head_lr
 from trainer.train import STOPPED_WORDS, BatchEvent, EpochStats
-from ui import EXAMPLES, SAMPLE_PHOTOS, compare, results, session
+from ui import EXAMPLES, SAMPLE_PHOTOS, compare, folder_upload, results, session
 from ui.errors import error_markdown, in_place, plain, user_errors
 from ui.limits import LIMITS
 from ui.schedules import params_from_fields, scheduler_param_fields
 
 MAX_CLASSES = 8  # class slots in the per-class upload
-SOURCES = ("Sample photos", "Zip file", "Photos per class", "Folder on this computer")
+# "A folder of photos" is picked (or dropped) in the browser; "Folder on this computer" is a typed path on the server.
+FOLDER_UPLOAD = "A folder of photos"
+SOURCES = (FOLDER_UPLOAD, "Sample photos", "Zip file", "Photos per class", "Folder on this computer")
 WEIGHT_CHOICES = ("imagenet", "none", "file")  # "file": the uploaded weights file
 # The form's fields, every config field given a form row; the handlers receive FORM_INPUTS' values in this
 # order, then those of the scheduler parameter fields (PARAM_KEYS), which stand for `params`.
@@ -44,7 +47,7 @@ FORM_INPUTS = tuple(name for name in FORM_FIELDS if name != "params")
 PARAM_KEYS = tuple((name, param.name) for name, info in CATALOGUE.items() for param in info.params)
 SCHEDULE_INPUTS = tuple(f.name for f in config_fields(ScheduleConfig) if f.name in FORM_INPUTS)
 GROUP_TITLES = {"model": "Model", "run": "Training", "data": "Optimizer, data and stopping", "schedule": "Schedule",
-                "more": "More settings: momentum, weight decay, label smoothing"}
+                "more": "More settings: momentum, weight decay, label smoothing, BatchNorm, precision"}
 FOLDED = ("more",)  # groups in a closed accordion under the columns
 COLUMN_WIDTH = 260  # px: narrower screens stack the groups' columns
 # Settings that matter for one choice of another setting only; hidden otherwise (they keep their values).
@@ -163,9 +166,16 @@ def pick_scheduler(name: str) -> list:
 # ---------------------------------------------------------------- photos
 
 
-def open_photos(source: str, zip_file, folder: str, classes: dict[str, list], key: str, local_ok: bool) -> Dataset:
-    """Check the photos a user gave (any of the four ways) and return the opened dataset."""
+def open_photos(source: str, zip_file, folder: str, classes: dict[str, list], key: str, local_ok: bool,
+                sent: tuple[list, list] | None = None) -> Dataset:
+    """Check the photos a user gave (any of the five ways) and return the opened dataset.
+
+    `sent`: a folder sent from the browser, as `folder_upload.sent_folder` accepted it (its files, the names left out).
+    """
     session.STORE.expire()
+    if source == FOLDER_UPLOAD:
+        files, left_out = sent or ([], [])
+        return open_uploaded_folder(files, session.fresh_upload_dir(key), left_out, max_bytes=folder_upload.max_bytes())
     if source == "Sample photos":
         return open_dataset(SAMPLE_PHOTOS)
     if source == "Zip file":
@@ -214,11 +224,12 @@ def sample_grid(report: dict, per_class: int = 4) -> list[tuple[str, str]]:
 
 
 def pick_source(choice, request: gr.Request):
-    """The inputs of the chosen way to give photos: (zip upload, per-class rows, their buttons, folder path)."""
+    """The inputs of the chosen way to give photos: (zip upload, per-class rows, their buttons, folder path,
+    folder picker)."""
     local_ok = session.is_local(request)
     per_class = choice == "Photos per class"
     return (gr.update(visible=choice == "Zip file"), gr.update(visible=per_class), gr.update(visible=per_class),
-            gr.update(visible=choice == "Folder on this computer" and local_ok))
+            gr.update(visible=choice == "Folder on this computer" and local_ok), gr.update(visible=choice == FOLDER_UPLOAD))
 
 
 def set_class_count(count: int, delta: int):
@@ -229,15 +240,18 @@ def set_class_count(count: int, delta: int):
 def check_photos(request: gr.Request, choice, zip_path, folder_path, count, *class_values):
     """Check the photos: (data state, report markdown, sample grid), or gr.Error saying what is wrong with them.
 
+    `class_values`: the class names, their files, then (optional, last) the folder picker's value.
     The page runs it through `in_place`, which shows the error where the report goes. The request
     comes first: Gradio fills gr.Request parameters by position, never after *args.
     """
-    names, files = class_values[:MAX_CLASSES], class_values[MAX_CLASSES:]
+    names, files = class_values[:MAX_CLASSES], class_values[MAX_CLASSES:2 * MAX_CLASSES]
+    picked = class_values[2 * MAX_CLASSES] if len(class_values) > 2 * MAX_CLASSES else None
     classes = {names[i] or "": files[i] or [] for i in range(int(count))}
     key = session.visitor(request)
     session.ensure_room(key)
     with user_errors():
-        dataset = open_photos(choice, zip_path, folder_path, classes, key, session.is_local(request))
+        sent = folder_upload.sent_folder(picked, request) if choice == FOLDER_UPLOAD else None
+        dataset = open_photos(choice, zip_path, folder_path, classes, key, session.is_local(request), sent)
     grid = sample_grid(dataset.report)
     state = {"path": str(dataset.root), "report": dataset.report}
     return state, report_markdown(dataset.report), gr.update(value=grid, visible=bool(grid))
@@ -311,13 +325,17 @@ def bounded(config: TrainConfig, request: gr.Request | None, uploaded_weights: s
     return config
 
 
-def training_events(data_path: str, config: TrainConfig, key: str, stop: threading.Event):
-    """fit_events for a new run of this visitor: yields (run id, event or None); a full disk becomes a message."""
+def training_events(data_path: str, config: TrainConfig, key: str, stop: threading.Event,
+                    photos: tuple[int, int] | None = None):
+    """fit_events for a new run of this visitor: yields (run id, event or None); a full disk becomes a message.
+
+    `photos` (train, val), when the checked photos' report has counted them, sizes a ZeroGPU Space's GPU time.
+    """
     session.ensure_room(key)
     run_id, run_dir = session.STORE.new_run(key)
     try:
         with user_errors():
-            for event in fit_events(data_path, config, run_dir, stop):
+            for event in fit_events(data_path, config, run_dir, stop, photos):
                 yield run_id, event
     except OSError as exc:
         raise gr.Error(f"Training stopped: the run folder could not be written ({exc.strerror or exc})") from None
@@ -414,7 +432,8 @@ def train_model(request: gr.Request, data, weights_file, *values, progress=gr.Pr
     history: list[EpochStats] = []
     planned, done = None, 0.0  # done: the share of the planned batches trained, for the progress bar
     try:
-        for run_id, event in training_events(path, config, key, stop):
+        totals = data["report"]["totals"]
+        for run_id, event in training_events(path, config, key, stop, (totals["train"], totals["val"])):
             if isinstance(event, Log):  # a phase: loading photos, computing features, evaluating, exporting
                 message = event.message.splitlines()[0]
                 progress(done, desc=message)
@@ -770,6 +789,7 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
                 "Training runs one at a time; you will see your place in the queue.")
     with gr.Accordion("1. Photos", open=True):
         source = gr.Radio(list(SOURCES), value="Sample photos", label="Where are the photos?", elem_id="ft-source")
+        picker = folder_upload.folder_picker(visible=False, elem_id="ft-folder")
         zip_file = gr.File(label="A .zip of your folder (class subfolders, or train/ val/ test/)", file_types=[".zip"],
                            visible=False, elem_id="ft-zip")
         with gr.Group(visible=False) as per_class_box:
@@ -856,7 +876,7 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     # -- wiring
     settings = [weights_file, *(form[name] for name in FORM_INPUTS), *(params[key] for key in PARAM_KEYS)]
     schedule_fields = [*(form[name] for name in SCHEDULE_INPUTS), *(params[key] for key in PARAM_KEYS)]
-    source.change(pick_source, source, [zip_file, per_class_box, class_buttons, folder], queue=False)
+    source.change(pick_source, source, [zip_file, per_class_box, class_buttons, folder, picker], queue=False)
     form["weights"].change(lambda w: gr.update(visible=w == "file"), form["weights"], weights_file, queue=False)
     for control in {control for control, _ in SHOWN_WHEN.values()}:
         shown = [name for name, (c, _) in SHOWN_WHEN.items() if c == control]
@@ -866,7 +886,7 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
                              api_visibility="private")
     add_class.click(lambda c: set_class_count(c, 1), class_count, [class_count, *class_rows], queue=False)
     remove_class.click(lambda c: set_class_count(c, -1), class_count, [class_count, *class_rows], queue=False)
-    check_inputs = [source, zip_file, folder, class_count, *class_names, *class_files]
+    check_inputs = [source, zip_file, folder, class_count, *class_names, *class_files, picker]  # as check_photos
     # A failed check leaves no photos to train from: the report area says why, the grid goes.
     check_on_page = in_place(check_photos, 3, at=1, title="Cannot use these photos", working="_Checking the photos…_",
                              on_error={0: None, 2: gr.update(visible=False)})
@@ -875,6 +895,9 @@ def finetune_tab(current_schedule: gr.State, runs_changed: gr.State):
     # A zip is the whole dataset: its report comes as soon as it is uploaded.
     zip_file.upload(check_on_page, check_inputs, [data_state, report_md, samples], api_visibility="private",
                     show_progress_on=[no_badge])
+    # So is a folder: its report comes as soon as its photos have been sent (the page sets the picker's value).
+    picker.change(check_on_page, check_inputs, [data_state, report_md, samples], api_visibility="private",
+                  show_progress_on=[no_badge])
     holder["take"].click(take_studio_schedule, [current_schedule, *schedule_fields], [*schedule_fields, holder["taken"]],
                          queue=False, api_visibility="private")
 

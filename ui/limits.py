@@ -19,8 +19,16 @@ class Limits:
     max_train_minutes: float  # per training, LR sweep included; the run stops and keeps its best model
     visitor_disk_mb: float  # one visitor's runs and uploads together
     total_disk_mb: float  # every visitor's runs and uploads together
-    max_upload: str  # per file, enforced by Gradio before any handler runs
+    max_upload: str  # per file, enforced by Gradio before any handler runs; and per folder sent with the
+    # folder picker (ui/folder_upload.py), all its photos together
     run_hours: float  # runs untouched this long are deleted
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """max_upload in bytes, read as Gradio reads launch(max_file_size=...) ("500mb": 500 * 2**20); 0: off."""
+        from gradio.utils import _parse_file_size
+
+        return 0 if self.max_upload.strip() == "0" else _parse_file_size(self.max_upload)
 
 
 SPACE_DEFAULTS = Limits(max_epochs=30, max_train_minutes=20, visitor_disk_mb=1024, total_disk_mb=20 * 1024,
