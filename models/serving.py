@@ -96,12 +96,10 @@ class ModelServer:
                                  "try again when it has finished") from None
         return path
 
-    def model_path(self, ref: str, local_paths: bool) -> Path:
-        """The .onnx file a reference names; paths only when `local_paths` (the caller is on this machine)."""
-        return self.choose_model(ref, local_paths).path
-
     def choose_model(self, ref: str, local_paths: bool, variant: str | None = None) -> ModelChoice:
-        """The .onnx file a reference names and, for a run, which variant: `variant`, else the run's default."""
+        """The .onnx file a reference names and, for a run, which variant: `variant`, else the run's default.
+
+        Paths only when `local_paths` (the caller is on this machine)."""
         ref = (ref or "").strip()
         if not ref:
             raise ModelLoadError("Choose a model: train one in the Fine-tune tab, upload an .onnx file, or pick ImageNet")
@@ -162,8 +160,3 @@ class ModelServer:
         started = time.perf_counter()
         results = model.predict_files(paths, top_k=int(top_k))
         return Classified(results, model.provider, (time.perf_counter() - started) * 1000, choice.variant, choice.default)
-
-    def classify_files(self, paths: list[str], ref: str, top_k: int, local_paths: bool) -> tuple[list[dict], str, float]:
-        """(per-photo results in order, provider, latency in ms) for photos on disk; a run serves its default."""
-        answer = self.classify(paths, ref, top_k, local_paths)
-        return answer.results, answer.provider, answer.latency_ms

@@ -258,7 +258,7 @@ def app_module(sandbox):
     session.MODELS = ModelServer(session.STORE)
     try:
         yield SimpleNamespace(check_photos=finetune.check_photos, classify_api=classify.classify_api,
-                              classify_files=session.MODELS.classify_files, gr=gradio)
+                              classify=session.MODELS.classify, gr=gradio)
     finally:
         session.STORE, session.MODELS = saved
 
@@ -1222,7 +1222,7 @@ def test_unusable_model_file_raises_model_load_error_naming_the_file_directly_an
     assert isinstance(direct, ModelLoadError), f"{kind}: loaded"
     assert str(direct).startswith(str(path)) and words in str(direct), str(direct)
     photo = write(sandbox / "models" / "photo.png", png())
-    via_app = attempt("onnx: via the app", lambda: app_module.classify_files([str(photo)], str(path), 3, True),
+    via_app = attempt("onnx: via the app", lambda: app_module.classify([str(photo)], str(path), 3, True),
                       (ModelLoadError,))
     # Through the app the model is named by its file name: a server path means nothing to a visitor.
     assert isinstance(via_app, ModelLoadError) and str(via_app) == str(direct).replace(str(path), path.name)
@@ -1235,7 +1235,7 @@ def test_unusable_model_file_raises_model_load_error_naming_the_file_directly_an
 def test_the_real_model_loads_and_the_app_classifies_with_it(sandbox, app_module, real_model):
     """The control case: the fuzzed model itself is fine, so refusals above are about the damage."""
     photo = write(sandbox / "models" / "photo.png", png((40, 30)))
-    results, provider, ms = app_module.classify_files([str(photo)], str(real_model), 3, True)
+    results = app_module.classify([str(photo)], str(real_model), 3, True).results
     expected = OnnxClassifier(real_model, providers="cpu").predict([str(photo)], top_k=3)[0]
     assert [p["label"] for p in results[0]["predictions"]] == [label for label, _ in expected]
     assert [p["score"] for p in results[0]["predictions"]] == pytest.approx([score for _, score in expected], abs=1e-6)

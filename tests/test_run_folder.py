@@ -146,9 +146,8 @@ def test_serving_a_run_folder_needs_no_torch(old_run):
         "from models.serving import ModelServer\n"
         "import models.hub, models.metrics, models.run_folder\n"
         f"server = ModelServer(RunStore({str(old_run.parent.parent)!r}))\n"
-        f"results, provider, _ = server.classify_files([{str(old_run / 'data/red/red_00.jpg')!r}], "
-        f"{old_run.name!r}, 1, False)\n"
-        "print(results[0]['predictions'][0]['label'], provider)\n"
+        f"answer = server.classify([{str(old_run / 'data/red/red_00.jpg')!r}], {old_run.name!r}, 1, False)\n"
+        "print(answer.results[0]['predictions'][0]['label'], answer.provider)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert result.returncode == 0, result.stderr

@@ -66,11 +66,11 @@ def test_the_lr_sweep_on_zerogpu_yields_picklable_steps(tmp_path, on_zerogpu):
 
 def test_the_gpu_time_asked_for_grows_with_photos_epochs_and_backbone_within_the_time_limit():
     base = tiny_config(arch="resnet18", image_size=224, epochs=10, strategy="full")
-    small = zerogpu.training_seconds("", base, None, (400, 100))
+    small = zerogpu.training_seconds(base, (400, 100))
     assert zerogpu.GPU_OVERHEAD_SECONDS < small < 120
-    assert zerogpu.training_seconds("", base, None, (4000, 1000)) > small
-    assert zerogpu.training_seconds("", tiny_config(arch="resnet50", image_size=224, epochs=10), None, (400, 100)) > small
+    assert zerogpu.training_seconds(base, (4000, 1000)) > small
+    assert zerogpu.training_seconds(tiny_config(arch="resnet50", image_size=224, epochs=10), (400, 100)) > small
     limited = tiny_config(arch="resnet50", image_size=224, epochs=100, max_minutes=2)
-    assert zerogpu.training_seconds("", limited, None, (40000, 1000)) == 2 * 60 + zerogpu.GPU_OVERHEAD_SECONDS
-    assert zerogpu.training_seconds("", base, None, None) == zerogpu.UNCOUNTED_SECONDS  # the API's zip, not counted
-    assert zerogpu.training_seconds("", limited, None, None) == 2 * 60 + zerogpu.GPU_OVERHEAD_SECONDS
+    assert zerogpu.training_seconds(limited, (40000, 1000)) == 2 * 60 + zerogpu.GPU_OVERHEAD_SECONDS
+    assert zerogpu.training_seconds(base, None) == zerogpu.UNCOUNTED_SECONDS  # the API's zip, not counted
+    assert zerogpu.training_seconds(limited, None) == 2 * 60 + zerogpu.GPU_OVERHEAD_SECONDS

@@ -37,7 +37,7 @@ SWEEP_SECONDS = 60
 UNCOUNTED_SECONDS = 600
 
 
-def training_seconds(data: str, config: TrainConfig, run_dir: Path, photos: tuple[int, int] | None) -> int:
+def training_seconds(config: TrainConfig, photos: tuple[int, int] | None) -> int:
     """The GPU time a training asks for: its estimate from the photo counts (train, val), within its time limit."""
     backward = GPU_STEP_SECONDS[config.arch] * (config.image_size / 224) ** 2
     if photos:
@@ -60,11 +60,8 @@ class StopFile(threading.Event):
         return super().is_set() or self.path.exists()
 
 
-def _training_seconds(data, config, run_dir, photos, stop_file) -> int:
-    return training_seconds(data, config, run_dir, photos)
-
-
-@spaces.GPU(duration=_training_seconds)
+# spaces calls `duration` with the GPU function's own arguments.
+@spaces.GPU(duration=lambda data, config, run_dir, photos, stop_file: training_seconds(config, photos))
 def _fit_on_gpu(data: str, config: TrainConfig, run_dir: Path, photos: tuple[int, int] | None, stop_file: Path):
     yield from stream.fit_events(data, config, run_dir, StopFile(stop_file))
 
