@@ -12,6 +12,7 @@ No torch here: only the one-time ImageNet export imports it.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
@@ -32,6 +33,23 @@ IMAGENET_ARCH = "resnet18"
 MAX_MODELS_ENV, DEFAULT_MAX_MODELS = "TRANSFER_STUDIO_MAX_MODELS", 8
 # A ResNet-50 classifies its first photo in well under a second on two CPU cores, lazy set-up included.
 WARMUP_ENV, DEFAULT_WARMUP_S = "TRANSFER_STUDIO_MODEL_WARMUP_SECONDS", 10.0
+
+
+def _malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):  # not glibc (macOS, musl, Windows)
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def _give_back_freed_memory() -> None:
+    """Return the memory of dropped models to the system: glibc keeps freed heap pages for reuse otherwise, and
+    a server that has loaded many models grows well past what its few kept models need."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass(frozen=True)
@@ -130,15 +148,19 @@ class ModelServer:
         except OSError:
             raise ModelLoadError(f"{path.name} is gone; upload it again") from None
         key = (str(path), stat.st_mtime_ns, stat.st_size)
+        dropped = []  # freed once the lock is released; callers still using one keep it until they finish
         with self._lock:
             future = self._models.get(key)
             loading = future is None
             if loading:
                 future = self._models[key] = Future()
                 while len(self._models) > self.max_models:
-                    self._models.popitem(last=False)  # callers still using it keep it until they finish
+                    dropped.append(self._models.popitem(last=False))
             else:
                 self._models.move_to_end(key)
+        if dropped:
+            dropped.clear()
+            _give_back_freed_memory()
         if not loading:
             return future.result()  # waits while another caller loads this file
         try:

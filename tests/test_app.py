@@ -139,6 +139,17 @@ def test_lr_curve_endpoint_bounds_the_work_and_answers_overflows_with_a_message(
     assert time.perf_counter() - started < 10  # refused up front: no minutes of work, no gigabytes
 
 
+def test_a_visitor_s_refused_request_leaves_no_traceback_in_the_server_log(client, capfd):
+    capfd.readouterr()
+    for config in ({"scheduler": "MultiStepLR", "params": {"milestones": [5, 2]}}, [1, 2], {"lr": 10**400}):
+        with pytest.raises(Exception, match="milestones|JSON object|lr must be"):
+            client.predict(config, api_name="/lr_curve")
+    with pytest.raises(Exception, match="Send a photo"):
+        client.predict(None, "imagenet", 3, api_name="/classify")
+    logged = capfd.readouterr()
+    assert "Traceback" not in logged.out + logged.err, logged.err[-2000:]
+
+
 def test_lr_curve_endpoint_answers_bad_parameters_with_their_message(client):
     with pytest.raises(Exception, match="milestones must be strictly increasing"):
         client.predict({"scheduler": "MultiStepLR", "params": {"milestones": [5, 2]}}, api_name="/lr_curve")

@@ -23,7 +23,7 @@ import httpx
 import pytest
 import tomllib
 import yaml
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from hub_server import FakeHub
 from packaging.requirements import Requirement
@@ -110,16 +110,21 @@ def test_runs_live_under_the_data_directory_from_the_environment():
     assert session.STORE.root == Path(os.environ["TRANSFER_STUDIO_DATA_DIR"]).resolve()
 
 
-def test_a_shared_deployment_is_a_space_or_a_server_listening_beyond_loopback(monkeypatch):
+def test_a_shared_deployment_is_a_space_or_a_server_listening_beyond_loopback_or_one_said_to_be(monkeypatch):
     monkeypatch.setattr(session, "ON_SPACE", False)
+    monkeypatch.delenv(session.SHARED_ENV, raising=False)
     for host, shared in [("127.0.0.1", False), ("localhost", False), ("::1", False), ("[::1]", False),
                          ("0.0.0.0", True), ("::", True), ("192.168.1.20", True), ("studio.example.org", True)]:
         monkeypatch.setenv("GRADIO_SERVER_NAME", host)
         assert session.is_shared() is shared, host
+        assert session.is_local(None) is not shared, host  # a loopback caller of a shared app is a stranger too
     monkeypatch.delenv("GRADIO_SERVER_NAME")
-    assert session.is_shared() is False  # `python app.py` listens on 127.0.0.1 unless told otherwise
+    assert session.is_shared() is False and session.is_local(None)  # `python app.py` listens on 127.0.0.1
+    monkeypatch.setenv(session.SHARED_ENV, "1")  # on loopback behind a proxy on the same machine
+    assert session.is_shared() is True and not session.is_local(None)
+    monkeypatch.delenv(session.SHARED_ENV)
     monkeypatch.setattr(session, "ON_SPACE", True)
-    assert session.is_shared() is True
+    assert session.is_shared() is True and not session.is_local(None)
 
 
 @pytest.mark.parametrize("where", ["own machine", "shared server", "space"])
@@ -368,6 +373,11 @@ def test_an_app_launched_beyond_loopback_is_shared_whatever_the_environment_says
         label = httpx.post(f"http://127.0.0.1:{port}/gradio_api/run/predict",
                            json={"data": [], "fn_index": load["id"], "session_hash": visitor.client.session_hash})
         assert "required: pushes act as you" in label.json()["data"][0]["label"]  # the page's label follows suit
+        # A caller on loopback (as a share link's tunnel or a proxy on this machine connects) names no server path.
+        with pytest.raises(AppError) as refused:
+            visitor.client.predict(handle_file(str(ROOT / "tests" / "fixtures" / "old-run" / "data" / "blue" / "blue_00.jpg")),
+                                   str(run_dir), 3, api_name="/classify")
+        assert refused.value.message == f"Unknown model {str(run_dir)!r}: give a run id from this app, or hf://user/name"
     finally:
         app.demo.close()
 

@@ -16,7 +16,7 @@ from gradio import processing_utils
 from models.runtime import VARIANT_NAMES, ModelLoadError, run_variants
 from models.serving import IMAGENET, IMAGENET_ARCH, Classified
 from ui import EXAMPLES, session
-from ui.errors import user_errors
+from ui.errors import refusal, user_errors
 
 MODEL_SOURCES = ("A run trained here", "An uploaded .onnx file", "ImageNet ResNet-18")
 RUN, ONNX_FILE, IMAGENET_MODEL = MODEL_SOURCES
@@ -44,7 +44,7 @@ class PhotoFile(gr.Image):
 def _photo_answer(results: list[dict], photo: str) -> list[dict]:
     """The predictions for one photo, or a gr.Error naming it (by its file name, never its path on the server)."""
     if "error" in results[0]:
-        raise gr.Error(f"{Path(photo).name}: {results[0]['error']}")
+        raise refusal(f"{Path(photo).name}: {results[0]['error']}")
     return results[0]["predictions"]
 
 
@@ -74,7 +74,7 @@ def classify_photo(image: str | None, source: str, run_id: str | None, onnx_file
                    variant: str | None = None):
     """Handler of Classify: (label scores for gr.Label, the model that served, provider and latency)."""
     if not image:
-        raise gr.Error("Add a photo first (upload, webcam or paste)")
+        raise refusal("Add a photo first (upload, webcam or paste)")
     answer = _classify_in_tab([image], source, run_id, onnx_file, top_k, variant)
     scores = {p["label"]: p["score"] for p in _photo_answer(answer.results, image)}
     return scores, (f"{served_by(answer)}Provider: `{answer.provider}`, {answer.latency_ms:.1f} ms for this photo "
@@ -85,7 +85,7 @@ def classify_many(files: list[str] | None, source: str, run_id: str | None, onnx
                   variant: str | None = None):
     """Handler of Classify all: (a table, a gallery with the top label, a message)."""
     if not files:
-        raise gr.Error("Add some photos first")
+        raise refusal("Add some photos first")
     answer = _classify_in_tab(files, source, run_id, onnx_file, top_k, variant)
     results, provider, ms = answer.results, answer.provider, answer.latency_ms
     rows, gallery = [], []
@@ -108,7 +108,7 @@ def classify_api(image: str, model: str, top_k: float, request: gr.Request, vari
     Answers {"predictions", "provider", "latency_ms", "variant"}: "variant" is the run's model that served,
     null for a single model file."""
     if not image:
-        raise gr.Error("Send a photo")
+        raise refusal("Send a photo")
     with user_errors():
         answer = session.MODELS.classify([image], model, int(top_k or 5), session.is_local(request), variant)
     return {"predictions": _photo_answer(answer.results, image), "provider": answer.provider,

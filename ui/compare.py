@@ -19,7 +19,7 @@ from models.run_import import download_run, import_run_zip
 from trainer.compare import Comparison, compare
 from trainer.compare_report import f1_frame, figures, html_report, metrics_frame, settings_frame, summary_markdown
 from ui import session
-from ui.errors import in_place, plain, user_errors
+from ui.errors import in_place, plain, refusal, user_errors
 
 MAX_COMPARED = 4
 # The comparison's outputs on the page, in order (comparison_update's keys).
@@ -42,18 +42,16 @@ def own_runs(run_ids, request: gr.Request | None) -> list[str]:
     ids = [run_ids] if isinstance(run_ids, str) else list(run_ids or [])
     ids = list(dict.fromkeys(ids))
     if len(ids) < 2:
-        raise gr.Error("Pick at least two of your runs to compare", print_exception=False)
+        raise refusal("Pick at least two of your runs to compare")
     if len(ids) > MAX_COMPARED:
-        raise gr.Error(f"Compare at most {MAX_COMPARED} runs at a time (you picked {len(ids)})", print_exception=False)
+        raise refusal(f"Compare at most {MAX_COMPARED} runs at a time (you picked {len(ids)})")
     runs = {r.run_id: r for r in session.STORE.runs(session.visitor(request))}
     missing = [i for i in ids if i not in runs]
     if missing:
-        raise gr.Error("Only your own runs can be compared; one of those is not yours, or it has been deleted",
-                       print_exception=False)
+        raise refusal("Only your own runs can be compared; one of those is not yours, or it has been deleted")
     unfinished = [runs[i].name() for i in ids if not RunFolder(runs[i].path).has_results()]
     if unfinished:
-        raise gr.Error(f"{unfinished[0]} has no results yet (still training, or stopped before writing them)",
-                       print_exception=False)
+        raise refusal(f"{unfinished[0]} has no results yet (still training, or stopped before writing them)")
     return [str(runs[i].path) for i in ids]
 
 
@@ -63,7 +61,7 @@ def add_run_zip(zip_path: str | None, chosen, request: gr.Request = None) -> tup
     Answers (its message, the picker). The zip is one the app made ("Download the run"), from here or elsewhere.
     """
     if not zip_path:
-        raise gr.Error("Choose the .zip of a run (as 'Download the run (zip)' saves it)", print_exception=False)
+        raise refusal("Choose the .zip of a run (as 'Download the run (zip)' saves it)")
     return _add_run(lambda dest: import_run_zip(zip_path, dest), chosen, request,
                     hide=str(Path(zip_path).parent) + os.sep)
 
@@ -75,7 +73,7 @@ def add_run_hub(ref: str | None, chosen, request: gr.Request = None) -> tuple:
     """
     ref = (ref or "").strip()
     if not ref:
-        raise gr.Error("Type the run's repository, as hf://user/name", print_exception=False)
+        raise refusal("Type the run's repository, as hf://user/name")
     return _add_run(lambda dest: download_run(ref, dest, endpoint=os.environ.get("HF_ENDPOINT") or None,
                                               use_login=not session.is_shared(request)), chosen, request)
 
@@ -90,7 +88,7 @@ def _add_run(bring, chosen, request: gr.Request | None, hide: str = "") -> tuple
             bring(path)
     except gr.Error as exc:
         shutil.rmtree(path, ignore_errors=True)
-        raise gr.Error(exc.message.replace(hide, "") if hide else exc.message, print_exception=False) from None
+        raise refusal(exc.message.replace(hide, "") if hide else exc.message) from None
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise

@@ -31,13 +31,18 @@ _LEADING_FIELD = re.compile(r"^(Invalid )?([a-z]+)(?= must | is blank| ')")  # "
 _MARKDOWN = re.compile(r"([\\`*_\[\]{}|~#])")
 
 
+def refusal(message: str) -> gr.Error:
+    """The error that answers a request the app refuses: the visitor's to fix, so no traceback in the server's log."""
+    return gr.Error(message, print_exception=False)
+
+
 @contextlib.contextmanager
 def user_errors(*also: type[Exception]):
     """Raise gr.Error with the message of a user's mistake (USER_ERRORS and `also`) instead of the exception."""
     try:
         yield
     except USER_ERRORS + also as exc:
-        raise gr.Error(str(exc)) from None
+        raise refusal(str(exc)) from None
 
 
 @functools.cache

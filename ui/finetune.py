@@ -31,7 +31,7 @@ from ui.zerogpu import fit_events, sweep_events
 from trainer.task import Cancelled, planned_head_lr
 from trainer.train import STOPPED_WORDS, BatchEvent, EpochStats
 from ui import EXAMPLES, SAMPLE_PHOTOS, compare, folder_upload, results, session
-from ui.errors import error_markdown, in_place, plain, user_errors
+from ui.errors import error_markdown, in_place, plain, refusal, user_errors
 from ui.limits import LIMITS
 from ui.schedules import params_from_fields, scheduler_param_fields
 
@@ -298,7 +298,7 @@ def outcome(run_id: str, metrics: dict, epochs: int) -> str:
 
 def _data_path(data) -> str:
     if not data:
-        raise gr.Error("Check your photos first (step 1): press 'Check photos'")
+        raise refusal("Check your photos first (step 1): press 'Check photos'")
     return data["path"]
 
 
@@ -313,13 +313,13 @@ def _form_config(weights_file, values) -> TrainConfig:
 def bounded(config: TrainConfig, request: gr.Request | None, uploaded_weights: str | None) -> TrainConfig:
     """The config within what this server allows the visitor: epochs, minutes, and where weights may come from."""
     if LIMITS.max_epochs and config.epochs > LIMITS.max_epochs:
-        raise gr.Error(f"This server trains at most {LIMITS.max_epochs} epochs per run; you asked for {config.epochs}. "
-                       "Lower Epochs, or run the app on your own machine for longer trainings.", print_exception=False)
+        raise refusal(f"This server trains at most {LIMITS.max_epochs} epochs per run; you asked for {config.epochs}. "
+                      "Lower Epochs, or run the app on your own machine for longer trainings.")
     weights_named = config.weights not in WEIGHT_CHOICES[:2] and config.weights != uploaded_weights
     if weights_named and not session.is_local(request):
         # A server path would let a visitor probe the server's files or load another visitor's model.
-        raise gr.Error("Give your own weights as an uploaded file (.safetensors or .pth); "
-                       "paths on the server are not accepted here.", print_exception=False)
+        raise refusal("Give your own weights as an uploaded file (.safetensors or .pth); "
+                      "paths on the server are not accepted here.")
     if LIMITS.max_train_minutes and not 0 < config.max_minutes <= LIMITS.max_train_minutes:
         config = replace(config, max_minutes=LIMITS.max_train_minutes)
     return config
@@ -483,11 +483,11 @@ def train_api(zip_path: str, config: dict, weights_file: str | None = None, requ
     "weights": "file" in the config). A caller that goes away stops its training.
     """
     if not zip_path:
-        raise gr.Error("Send the photos as a .zip file")
+        raise refusal("Send the photos as a .zip file")
     config = dict(config or {}) if isinstance(config, dict) else config
     if isinstance(config, dict) and config.get("weights") == "file":
         if not weights_file:
-            raise gr.Error('"weights": "file" needs the weights file sent as weights_file')
+            raise refusal('"weights": "file" needs the weights file sent as weights_file')
         config["weights"] = weights_file
     with user_errors():
         train_config = TrainConfig.from_dict(config or {})
@@ -668,14 +668,13 @@ def open_run(run_id: str | None, request: gr.Request = None) -> tuple:
     Answers (the runs panel's message, *TRAIN_OUTPUTS).
     """
     if not run_id:
-        raise gr.Error("Choose one of your runs first", print_exception=False)
+        raise refusal("Choose one of your runs first")
     run = next((r for r in session.STORE.runs(session.visitor(request)) if r.run_id == run_id), None)
     if run is None:
-        raise gr.Error("That run is not one of yours, or it has been deleted", print_exception=False)
+        raise refusal("That run is not one of yours, or it has been deleted")
     folder = RunFolder(run.path)
     if not folder.is_finished():
-        raise gr.Error("This run has no results: it is still training, or it stopped before writing them",
-                       print_exception=False)
+        raise refusal("This run has no results: it is still training, or it stopped before writing them")
     shown = results.run_update(run.path)
     epochs = TrainConfig.from_dict(folder.read_config().train).epochs
     archive = session.STORE.zip_run(run.path)
@@ -687,7 +686,7 @@ def open_run(run_id: str | None, request: gr.Request = None) -> tuple:
 def delete_run(run_id: str | None, request: gr.Request = None) -> str:
     """Handler of 'Delete this run' (and /delete_run): one of the visitor's own runs, gone from disk."""
     if not run_id:
-        raise gr.Error("Choose one of your runs first", print_exception=False)
+        raise refusal("Choose one of your runs first")
     with user_errors(ValueError):
         session.STORE.delete_run(session.visitor(request), run_id)
     return f"Run `{run_id}` deleted."
@@ -707,7 +706,7 @@ def push_to_hub(run_id: str | None, repo_id: str, private: bool, token: str, oau
     from models.hub import push_run
 
     if not run_id:
-        raise gr.Error("Train a model first (or pick one of this session's runs)")
+        raise refusal("Train a model first (or pick one of this session's runs)")
     token = session.hub_token(token, oauth_token, request)
     with user_errors(ValueError):
         url = push_run(session.STORE.find(run_id), (repo_id or "").strip(), token=token, private=bool(private),
@@ -721,7 +720,7 @@ def make_space_for_run(run_id: str | None, repo_id: str, private: bool, token: s
     from models.hub import make_space, push_space
 
     if not run_id:
-        raise gr.Error("Train a model first (or pick one of this session's runs)")
+        raise refusal("Train a model first (or pick one of this session's runs)")
     push_as = session.hub_token(token, oauth_token, request) if (repo_id or "").strip() else None
     with user_errors(ValueError):
         run = RunFolder(session.STORE.find(run_id))

@@ -24,7 +24,7 @@ from trainer.schedules import (
     schedule_code,
     scheduler_info,
 )
-from ui.errors import USER_ERRORS, user_errors
+from ui.errors import USER_ERRORS, refusal, user_errors
 
 DEFAULT_SCHEDULER = "CosineAnnealingLR"
 MAX_POINTS = 4_000  # drawn per curve: finer than a chart's pixels, and quick to send and draw
@@ -242,7 +242,7 @@ def lr_curve_api(config: dict) -> dict:
     Parameters count epochs (see trainer.config.ScheduleConfig); trainer.schedules bounds the work.
     """
     if not isinstance(config, dict):
-        raise gr.Error("Send the schedule as a JSON object of fields (scheduler, lr, epochs, ...)")
+        raise refusal("Send the schedule as a JSON object of fields (scheduler, lr, epochs, ...)")
     config = dict(config)
     val_loss = config.pop("val_loss", None)
     with user_errors():

@@ -21,7 +21,12 @@ import gradio as gr
 
 from models.run_store import RunStore
 from models.serving import ModelServer
+from ui.errors import refusal
 from ui.limits import LIMITS, ON_SPACE
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# For an app on loopback that strangers reach through a proxy on the same machine: every visitor is one.
+SHARED_ENV = "TRANSFER_STUDIO_SHARED"
 
 STORE = RunStore(max_age_hours=LIMITS.run_hours or None)
 MODELS = ModelServer(STORE)
@@ -89,7 +94,7 @@ def _session_of(request: gr.Request | None) -> str | None:
     session_hash = getattr(request, "session_hash", None)
     # "v-" names are the folders of browser visitors; a session may not pose as one.
     if session_hash and (not _SESSION.match(session_hash) or session_hash.startswith("v-")):
-        raise gr.Error("This browser session is not valid; reload the page")
+        raise refusal("This browser session is not valid; reload the page")
     return session_hash
 
 
@@ -103,9 +108,10 @@ def visitor(request: gr.Request | None) -> str:
 
 
 def is_local(request: gr.Request | None) -> bool:
-    """Whether the visitor is at this machine: typed server paths are for them, never a Space or a share link."""
+    """Whether the visitor is at this machine, on an app only it can reach: typed server paths and this
+    machine's Hub login are for them, never on a Space, a share link or a server others can reach."""
     host = (getattr(request, "client", None) and request.client.host) or "127.0.0.1"
-    return not ON_SPACE and host in ("127.0.0.1", "::1", "localhost")
+    return host in LOOPBACK and not is_shared(request)
 
 
 def _megabytes(size: int) -> str:
@@ -117,13 +123,13 @@ def ensure_room(key: str) -> None:
     if LIMITS.visitor_disk_mb:
         used = STORE.usage(key)
         if used > LIMITS.visitor_disk_mb * 2**20:
-            raise gr.Error(f"Your runs and uploads take {_megabytes(used)}; this server keeps at most "
-                           f"{LIMITS.visitor_disk_mb:g} MB per visitor. Delete runs you no longer need "
-                           "(Fine-tune tab, 'Your runs'), then try again.", print_exception=False)
+            raise refusal(f"Your runs and uploads take {_megabytes(used)}; this server keeps at most "
+                          f"{LIMITS.visitor_disk_mb:g} MB per visitor. Delete runs you no longer need "
+                          "(Fine-tune tab, 'Your runs'), then try again.")
     if LIMITS.total_disk_mb and STORE.usage() > LIMITS.total_disk_mb * 2**20:
-        raise gr.Error("This server's space for runs is full. Try again later: runs are deleted "
-                       f"{LIMITS.run_hours:g} hours after their last use." if LIMITS.run_hours else
-                       "This server's space for runs is full; ask its owner to make room.", print_exception=False)
+        raise refusal("This server's space for runs is full. Try again later: runs are deleted "
+                      f"{LIMITS.run_hours:g} hours after their last use." if LIMITS.run_hours else
+                      "This server's space for runs is full; ask its owner to make room.")
 
 
 def fresh_upload_dir(key: str) -> Path:
@@ -195,18 +201,18 @@ def run_choices(request: gr.Request = None, newest: str | None = None):
 
 # ---------------------------------------------------------------- whose Hub account a push acts as
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
 TOKENS_PAGE = "https://huggingface.co/settings/tokens"
 
 
 def is_shared(request: gr.Request | None = None) -> bool:
-    """Whether strangers can reach this app: on a Space, through a share link, or listening beyond loopback.
+    """Whether strangers can reach this app: on a Space, through a share link, listening beyond loopback, or
+    behind a proxy (TRANSFER_STUDIO_SHARED=1).
 
     On a shared deployment only a visitor's own credentials act on the Hub; the server's login never
     does. The address is the running server's (its launch's server_name), else GRADIO_SERVER_NAME,
     which `python app.py` launches with.
     """
-    if ON_SPACE:
+    if ON_SPACE or os.environ.get(SHARED_ENV, "").strip().lower() in ("1", "true", "yes"):
         return True
     app = getattr(getattr(request, "request", None), "app", None)
     blocks = app.get_blocks() if hasattr(app, "get_blocks") else None
@@ -252,5 +258,5 @@ def hub_token(typed: str | None, oauth_token: gr.OAuthToken | None, request: gr.
     if not is_shared(request):
         return None
     how = "Sign in with Hugging Face or paste your own token" if hub_sign_in() else "Paste your own Hugging Face token"
-    raise gr.Error(f"{how} with write access ({TOKENS_PAGE}): on this shared app, pushes act as you, "
-                   "never as the app's host.", print_exception=False)
+    raise refusal(f"{how} with write access ({TOKENS_PAGE}): on this shared app, pushes act as you, "
+                  "never as the app's host.")
