@@ -2,7 +2,8 @@
 
 The app is launched on loopback; /classify is called through gradio_client, the Classify tab with the
 raw upload and queue requests a browser sends, and the `models` CLI and the Space app as processes.
-The model files are tiny real ONNX classifiers written by tests/test_runtime.py's builders.
+The model files are tiny real ONNX classifiers written by tests/test_runtime.py's builders, and one exported
+ResNet-18 where what a real model holds in memory is the point.
 """
 
 import base64
@@ -260,6 +261,7 @@ def test_a_server_that_loaded_many_models_holds_the_memory_of_the_ones_it_keeps(
         "    sizes.append(rss())\n"
         "print(json.dumps(sizes))\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
     sizes = json.loads(done.stdout.splitlines()[-1])
     print("RSS (MB) after each of 12 models, 4 kept:", sizes)
     # Four models kept from the fourth load on: the next eight each drop one and leave the process about where

@@ -108,8 +108,8 @@ def visitor(request: gr.Request | None) -> str:
 
 
 def is_local(request: gr.Request | None) -> bool:
-    """Whether the visitor is at this machine, on an app only it can reach: typed server paths and this
-    machine's Hub login are for them, never on a Space, a share link or a server others can reach."""
+    """Whether the visitor is a person at this machine, on an app no one else can reach: typed server paths and
+    this machine's Hub login are for them; never on a Space, through a share link or on a server others reach."""
     host = (getattr(request, "client", None) and request.client.host) or "127.0.0.1"
     return host in LOOPBACK and not is_shared(request)
 
